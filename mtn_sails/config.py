@@ -1,0 +1,130 @@
+"""What each command is asked to do: small dataclasses whose field help becomes `--help`."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import InputError
+
+DEFAULT_MODEL_NAME = "distilgpt2"
+SCRATCH_MODEL_NAME = "scratch"  # a fresh GPT-2 with a tokenizer trained on the session's data
+DEFAULT_OUTPUT_DIR = "./trained_model"
+DEFAULT_ONNX_OUTPUT = "./onnx_model"
+SCRATCH_SIZES = ("tiny", "small", "base")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def option(help: str, **argparse_kwargs: Any) -> Any:
+    """A dataclass field's default plus the help text and argparse extras the CLI builds from."""
+    default = argparse_kwargs.pop("default", None)
+    return field(default=default, metadata={"help": help, **argparse_kwargs})
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise InputError(message)
+
+
+@dataclass
+class ValidateConfig:
+    """Options of `validate`."""
+
+    data_file: str = option("JSON, JSONL or TXT data file to check", required=True)
+    max_length: int = option("token budget per example; longer records get a warning", default=512)
+    strict: bool = option("fail (exit 3) on warnings too", default=False)
+    json: bool = option("print the report as JSON", default=False)
+
+    def __post_init__(self) -> None:
+        _require(self.max_length > 0, f"--max-length must be positive, got {self.max_length}")
+
+
+@dataclass
+class TrainConfig:
+    """Options of a continuous-training session (`train`, and the training part of `pipeline`)."""
+
+    data_file: str = option("JSON, JSONL or TXT training data", required=True)
+    output_dir: str = option("trained model directory; an existing model there is continued",
+                             default=DEFAULT_OUTPUT_DIR)
+    model_name: str | None = option(
+        f"base model: a hub id, a local path, or '{SCRATCH_MODEL_NAME}' (offline, fresh GPT-2); "
+        f"default {DEFAULT_MODEL_NAME}. Given explicitly it is loaded even when a trained model exists")
+    scratch_size: str = option("size of the '--model-name scratch' GPT-2", default="small",
+                               choices=SCRATCH_SIZES)
+    epochs: float = option("passes over the data", default=3.0)
+    learning_rate: float | None = option(
+        "peak learning rate; unset: 5e-5 for a first session, 1e-5 when continuing")
+    batch_size: int = option("examples per device per step", default=8)
+    gradient_accumulation_steps: int = option("steps summed before each optimizer update", default=1)
+    max_length: int = option("tokens per example; plain text is packed into blocks of this size",
+                             default=512)
+    eval_split: float = option("fraction of records held out for evaluation (0 disables)", default=0.1)
+    seed: int = option("random seed for the split, shuffling and initialisation", default=42)
+    replay: float = option("fraction of examples replayed from earlier sessions", default=0.0)
+    resume: bool = option("continue an interrupted session from its last checkpoint", default=False)
+    device: str = option("where to train", default="auto", choices=DEVICES)
+    save_steps: int = option("steps between resumable checkpoints (0: once per epoch)", default=0)
+
+    def __post_init__(self) -> None:
+        _require(self.epochs > 0, f"--epochs must be positive, got {self.epochs}")
+        _require(self.batch_size > 0, f"--batch-size must be positive, got {self.batch_size}")
+        _require(self.gradient_accumulation_steps > 0, "--gradient-accumulation-steps must be positive")
+        _require(self.max_length >= 8, f"--max-length must be at least 8, got {self.max_length}")
+        _require(0 <= self.eval_split < 0.5, f"--eval-split must be in [0, 0.5), got {self.eval_split}")
+        _require(0 <= self.replay < 1, f"--replay must be in [0, 1), got {self.replay}")
+        _require(self.save_steps >= 0, "--save-steps must be 0 or positive")
+        if self.learning_rate is not None:
+            _require(0 < self.learning_rate < 1, f"--learning-rate must be in (0, 1), got {self.learning_rate}")
+
+    def base_model(self) -> str:
+        """The base model to start from when there is nothing to continue."""
+        return self.model_name or DEFAULT_MODEL_NAME
+
+
+@dataclass
+class ExportConfig:
+    """Options of `export`."""
+
+    output_dir: str = option("trained model directory to export", default=DEFAULT_OUTPUT_DIR)
+    onnx_output: str = option("where the ONNX model is written", default=DEFAULT_ONNX_OUTPUT)
+    quantize: bool = option("also write an int8 dynamically quantised model", default=False)
+
+
+@dataclass
+class PipelineConfig(TrainConfig):
+    """Options of `pipeline`: validate, train, export, parity check."""
+
+    onnx_output: str = option("where the ONNX model is written", default=DEFAULT_ONNX_OUTPUT)
+    quantize: bool = option("also write an int8 dynamically quantised model", default=False)
+    strict: bool = option("stop on data-quality warnings too, not only errors", default=False)
+
+
+@dataclass
+class GenerateConfig:
+    """Options of `generate`."""
+
+    prompt: str = option("what to ask the model", required=True)
+    backend: str = option("onnx (default) or torch", default="onnx", choices=("onnx", "torch"))
+    onnx_output: str = option("ONNX model directory (backend onnx)", default=DEFAULT_ONNX_OUTPUT)
+    output_dir: str = option("trained model directory (backend torch)", default=DEFAULT_OUTPUT_DIR)
+    max_new_tokens: int = option("tokens to generate at most", default=64)
+    temperature: float = option("0 for greedy decoding, else sampling temperature", default=0.0)
+    top_p: float = option("nucleus sampling mass (with --temperature > 0)", default=1.0)
+    seed: int = option("random seed for sampling", default=42)
+    raw: bool = option("send the prompt as it is, without the stored template", default=False)
+
+    def __post_init__(self) -> None:
+        _require(self.max_new_tokens > 0, "--max-new-tokens must be positive")
+        _require(self.temperature >= 0, "--temperature must be 0 or positive")
+        _require(0 < self.top_p <= 1, "--top-p must be in (0, 1]")
+
+    def model_dir(self) -> str:
+        """The directory the chosen backend loads."""
+        return self.onnx_output if self.backend == "onnx" else self.output_dir
+
+
+@dataclass
+class HistoryConfig:
+    """Options of `history`."""
+
+    output_dir: str = option("trained model directory", default=DEFAULT_OUTPUT_DIR)
+    json: bool = option("print the history as JSON", default=False)

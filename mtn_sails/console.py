@@ -1,0 +1,46 @@
+"""Printing that never fails on a terminal that cannot show emoji."""
+from __future__ import annotations
+
+import os
+import re
+import sys
+from typing import TextIO
+
+# Emoji and the variation selector that follows some of them; a plain terminal gets the text alone.
+_EMOJI = re.compile("[\U0001F300-\U0001FAFF\u2600-\u27BF\u2B00-\u2BFF\uFE0F]+ *")
+
+
+def can_encode(text: str, stream: TextIO) -> bool:
+    """True when `stream` can print `text` as it is."""
+    encoding = getattr(stream, "encoding", None) or "ascii"
+    try:
+        text.encode(encoding)
+    except (UnicodeEncodeError, LookupError):
+        return False
+    return True
+
+
+def plain(text: str) -> str:
+    """`text` without emoji (the fallback for terminals that cannot print them)."""
+    return _EMOJI.sub("", text)
+
+
+def say(text: str, stream: TextIO | None = None) -> None:
+    """Print one message, dropping emoji where the stream cannot encode them."""
+    stream = stream or sys.stdout
+    if not can_encode(text, stream):
+        text = plain(text)
+        if not can_encode(text, stream):
+            text = text.encode("ascii", "replace").decode("ascii")
+    print(text, file=stream, flush=True)
+
+
+def warn(text: str) -> None:
+    """Print a message to stderr with the same emoji fallback."""
+    say(text, sys.stderr)
+
+
+def use_color(stream: TextIO | None = None) -> bool:
+    """Colours only on a terminal, and never when NO_COLOR is set."""
+    stream = stream or sys.stdout
+    return "NO_COLOR" not in os.environ and hasattr(stream, "isatty") and stream.isatty()

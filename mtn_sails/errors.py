@@ -1,0 +1,48 @@
+"""The errors a user can cause, each with a terminal-ready message and an exit code."""
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_BUG = 1
+EXIT_UNUSABLE_INPUT = 2  # a file or argument that cannot be used at all
+EXIT_INVALID_DATA = 3  # data that loads but fails validation
+EXIT_LOCKED = 4  # another session holds the output directory
+EXIT_PARITY = 5  # the ONNX export does not match the trained model
+EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report SIGINT
+
+
+class SailsError(Exception):
+    """A problem the user can fix; `str(error)` is the one line to show."""
+
+    exit_code = EXIT_UNUSABLE_INPUT
+
+
+class InputError(SailsError):
+    """An unusable file, directory or argument."""
+
+    exit_code = EXIT_UNUSABLE_INPUT
+
+
+class DataFormatError(InputError):
+    """A data file that cannot be read as records (bad JSON, unknown shape, not UTF-8)."""
+
+
+class CorruptModelError(InputError):
+    """Model weights that exist but cannot be read."""
+
+
+class ValidationFailed(SailsError):
+    """Data that loads but fails the quality checks."""
+
+    exit_code = EXIT_INVALID_DATA
+
+
+class LockedError(SailsError):
+    """Another session is using the same output directory."""
+
+    exit_code = EXIT_LOCKED
+
+
+class ParityError(SailsError):
+    """The exported ONNX model disagrees with the PyTorch model."""
+
+    exit_code = EXIT_PARITY
