@@ -295,3 +295,12 @@ def load_records(path: str | os.PathLike) -> Iterator[Record]:
         yield item
     if count == 0:
         raise ValidationFailed(f"{path}: no records")
+
+
+def record_to_json(record: Record) -> dict[str, Any]:
+    """The record in a shape `normalise` reads back to the same training example."""
+    if record.kind == "text":
+        return {"text": record.text}
+    if record.kind == "pair":
+        return {"prompt": record.prompt, "completion": record.response}
+    return {"messages": [{"role": t.role, "content": t.content} for t in record.turns]}

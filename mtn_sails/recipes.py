@@ -1,0 +1,270 @@
+"""End-to-end flows that compose the stages: a training session (`train`) and `pipeline`."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import __version__, store
+from .config import SCRATCH_MODEL_NAME, PipelineConfig, TrainConfig
+from .console import say
+from .data import Record, file_sha256, load_records
+from .detector import TrainingPlan, plan_training
+from .errors import InputError
+from .history import forgetting_table, load_history, save_history
+from .template import PromptTemplate
+
+SESSION_FILE = "session.json"  # in the work directory: what an interrupted session was doing
+
+
+@dataclass
+class SessionResult:
+    """What one training session did and measured."""
+
+    output_dir: Path
+    plan: TrainingPlan
+    session: dict[str, Any]  # the history entry
+    backup_dir: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _hub_hint(source: str) -> str:
+    return (f"cannot load base model '{source}': not a local model directory and the model hub is not "
+            "reachable; pass --model-name PATH (a local model) or --model-name scratch (offline base)")
+
+
+def load_start_model(plan: TrainingPlan, config: TrainConfig, records: list[Record], template: PromptTemplate):
+    """(model, tokenizer) the session starts from, as the plan says."""
+    if plan.source == SCRATCH_MODEL_NAME:
+        from .scratch import build_scratch_model
+
+        texts = (segment.text for record in records for segment in template.render(record))
+        return build_scratch_model(texts, config.scratch_size, config.max_length, config.seed)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(plan.source)
+        model = AutoModelForCausalLM.from_pretrained(plan.source, trust_remote_code=False)
+    except (OSError, ValueError) as error:
+        if Path(plan.source).exists():
+            raise InputError(f"cannot load model from {plan.source}: {str(error).splitlines()[0]}") from None
+        raise InputError(_hub_hint(plan.source)) from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token  # GPT-2 has none; the collator keeps eos in the labels
+    return model, tokenizer
+
+
+def settle_max_length(requested: int, model) -> int:
+    """--max-length, capped by the model's position embeddings (the saved shape wins, and says so)."""
+    positions = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
+    if positions and requested > positions:
+        say(f"⚠️  --max-length {requested} exceeds the model's {positions} positions; using {positions}")
+        return positions
+    return requested
+
+
+def draw_replay(model_dir: Path, new_count: int, fraction: float, seed: int) -> list[Record]:
+    """Records from earlier sessions' replay slices, so that they make `fraction` of the session's examples."""
+    if fraction <= 0:
+        return []
+    earlier = [record for records in store.read_slices(model_dir, store.REPLAY_DIR).values() for record in records]
+    wanted = round(fraction / (1 - fraction) * new_count)
+    if not earlier or wanted == 0:
+        return []
+    rng = random.Random(seed)
+    return [rng.choice(earlier) for _ in range(wanted)] if wanted > len(earlier) else rng.sample(earlier, wanted)
+
+
+def measure_forgetting(model, tokenizer, template: PromptTemplate, model_dir: Path,
+                       history: list[dict[str, Any]], max_length: int) -> list[dict[str, Any]]:
+    """Per earlier session: its held-out loss right after it was trained, and now."""
+    from .trainer import evaluate_records, perplexity
+
+    before = {s["session"]: s.get("held_out_loss") for s in history}
+    rows = []
+    for session, records in store.read_slices(model_dir, store.HELD_OUT_DIR).items():
+        if session not in before:
+            continue
+        after = evaluate_records(model, tokenizer, records, template, max_length)
+        ppl_before, ppl_after = perplexity(before[session]), perplexity(after)
+        ratio = ppl_after / ppl_before if ppl_before and ppl_after is not None else None
+        rows.append({"session": session, "loss_before": before[session], "loss_after": after,
+                     "perplexity_before": ppl_before, "perplexity_after": ppl_after, "ratio": ratio})
+    return rows
+
+
+def _versions() -> dict[str, str]:
+    import torch
+    import transformers
+
+    return {"mtn_sails": __version__, "torch": torch.__version__, "transformers": transformers.__version__}
+
+
+def _prepare_work_dir(output_dir: Path, config: TrainConfig, data_sha256: str) -> tuple[Path, TrainConfig, str | None]:
+    """The work directory for checkpoints; with --resume, the interrupted session's config and checkpoint."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    work = store.sibling(output_dir, "work")
+    saved = work / SESSION_FILE
+    if config.resume:
+        checkpoint = get_last_checkpoint(str(work / "checkpoints")) if (work / "checkpoints").is_dir() else None
+        if not saved.is_file() or checkpoint is None:
+            raise InputError(f"nothing to resume for {output_dir}: no interrupted session with a checkpoint; "
+                             "run without --resume")
+        state = json.loads(saved.read_text(encoding="utf-8"))
+        if state["data_sha256"] != data_sha256:
+            raise InputError(f"--resume: {config.data_file} changed since the interrupted session; "
+                             "run without --resume to start a new session")
+        say(f"⏯️  Resuming the interrupted session from {Path(checkpoint).name} with its own settings")
+        return work, dataclasses.replace(TrainConfig(**state["config"]), resume=True), checkpoint
+    if work.exists():
+        say(f"🧹 Discarding an interrupted session's checkpoints in {work} (use --resume to continue one)")
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    saved.write_text(json.dumps({"config": dataclasses.asdict(config), "data_sha256": data_sha256}), encoding="utf-8")
+    return work, config, None
+
+
+def train(config: TrainConfig, onnx_output: str | None = None) -> SessionResult:
+    """One continuous-training session into config.output_dir, swapped in whole at the end."""
+    output_dir = Path(config.output_dir)
+    with store.locked(output_dir):
+        recovered = store.recover(output_dir)
+        if recovered:
+            say(f"🔧 {recovered}")
+        data_sha256 = file_sha256(config.data_file) if Path(config.data_file).is_file() else ""
+        records = list(load_records(config.data_file))
+        work, config, checkpoint = _prepare_work_dir(output_dir, config, data_sha256)
+        if checkpoint is None:
+            plan = plan_training(config.output_dir, config.model_name, config.learning_rate, onnx_output)
+        else:
+            plan = TrainingPlan(**json.loads((work / "plan.json").read_text(encoding="utf-8")))
+        for message in plan.messages:
+            say(message)
+        (work / "plan.json").write_text(json.dumps(dataclasses.asdict(plan)), encoding="utf-8")
+        return _run_session(config, plan, records, data_sha256, work, checkpoint)
+
+
+def _run_session(config: TrainConfig, plan: TrainingPlan, records: list[Record], data_sha256: str,
+                 work: Path, checkpoint: str | None) -> SessionResult:
+    from .trainer import TrainSettings, evaluate_records, perplexity, run_training, split_records, tokenize
+
+    started = time.time()
+    output_dir = Path(config.output_dir)
+    template = PromptTemplate.load(output_dir) if plan.continues else PromptTemplate()
+    train_records, held_out = split_records(records, config.eval_split, config.seed)
+    replayed = draw_replay(output_dir, len(train_records), config.replay, config.seed) if plan.continues else []
+    # On resume the checkpoint holds the weights and tokenizer; the Trainer restores optimizer and schedule.
+    load_plan = dataclasses.replace(plan, source=checkpoint) if checkpoint else plan
+    model, tokenizer = load_start_model(load_plan, config, train_records + held_out, template)
+    max_length = settle_max_length(config.max_length, model)
+    data = tokenize(train_records + replayed, held_out, tokenizer, template, max_length)
+    for note in data.notes:
+        say(note)
+    say(f"🚀 Training on {len(train_records)} records"
+        + (f" + {len(replayed)} replayed from earlier sessions" if replayed else "")
+        + (f", {len(held_out)} held out" if held_out else "")
+        + f" ({len(data.train)} {'blocks' if data.packed else 'examples'}) at learning rate {plan.learning_rate}")
+    settings = TrainSettings(plan.learning_rate, config.epochs, config.batch_size,
+                             config.gradient_accumulation_steps, config.seed, work / "checkpoints",
+                             config.save_steps, config.device)
+    trainer, outcome = run_training(model, tokenizer, data, settings, resume_from=checkpoint)
+
+    history = load_history(output_dir) if plan.continues else []
+    forgetting = measure_forgetting(trainer.model, tokenizer, template, output_dir, history, max_length) \
+        if plan.continues else []
+    held_out_loss = evaluate_records(trainer.model, tokenizer, held_out[:store.MAX_HELD_OUT_RECORDS], template,
+                                     max_length) if held_out else None
+
+    staging = store.fresh_staging(output_dir)
+    trainer.save_model(str(staging))
+    (staging / "training_args.bin").unlink(missing_ok=True)  # a pickle; the config is saved as JSON below
+    template.save(staging)
+    if plan.continues:
+        store.copy_slices(output_dir, staging)
+    number = len(history) + 1
+    if held_out:
+        store.write_slice(staging, store.HELD_OUT_DIR, number, held_out[:store.MAX_HELD_OUT_RECORDS],
+                          store.MAX_HELD_OUT_RECORDS, config.seed)
+    store.write_slice(staging, store.REPLAY_DIR, number, train_records, store.MAX_REPLAY_RECORDS, config.seed)
+    session = {
+        "session": number,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "data_file": str(Path(config.data_file).resolve()),
+        "data_sha256": data_sha256,
+        "records": len(records),
+        "train_examples": len(train_records),
+        "eval_examples": len(held_out),
+        "replayed_examples": len(replayed),
+        "start": str(output_dir) if plan.continues else plan.source,
+        "start_kind": "resumed" if checkpoint else ("continued" if plan.continues else "base"),
+        "resumed_from_checkpoint": Path(checkpoint).name if checkpoint else None,
+        "base_model": plan.base_model,
+        "learning_rate": plan.learning_rate,
+        "epochs": config.epochs,
+        "batch_size": config.batch_size,
+        "max_length": max_length,
+        "steps": outcome.steps,
+        "train_loss": outcome.train_loss,
+        "eval_loss": outcome.eval_loss,
+        "eval_perplexity": outcome.eval_perplexity(),
+        "held_out_loss": held_out_loss,
+        "held_out_perplexity": perplexity(held_out_loss),
+        "duration_s": round(time.time() - started, 1),
+        "device": outcome.device,
+        "precision": outcome.precision,
+        "world_size": outcome.world_size,
+        "replay": config.replay,
+        "seed": config.seed,
+        "versions": _versions(),
+        "forgetting": forgetting,
+    }
+    save_history(staging, history + [session])
+    (staging / "mtn_sails_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n",
+                                                  encoding="utf-8")
+    backup = store.backup_path(output_dir) if plan.backup_existing and output_dir.exists() else None
+    store.replace_directory(staging, output_dir, keep_old_as=backup)
+    shutil.rmtree(work, ignore_errors=True)
+    result = SessionResult(output_dir, plan, session, backup)
+    report_session(result)
+    return result
+
+
+def report_session(result: SessionResult) -> None:
+    """The end-of-session summary: metrics, forgetting table, where things are."""
+    session = result.session
+    ppl = session.get("eval_perplexity")
+    say(f"✅ Session {session['session']} saved to {result.output_dir} "
+        f"(train loss {session['train_loss'] if session['train_loss'] is None else round(session['train_loss'], 4)}"
+        + (f", eval perplexity {ppl:.2f}" if ppl is not None else "") + f", {session['duration_s']} s)")
+    rows = forgetting_table(session)
+    if rows:
+        say("📊 Forgetting (held-out perplexity of earlier sessions, then -> now):")
+        for row in rows:
+            say(row)
+    if result.backup_dir is not None:
+        say(f"💾 The previous contents of {result.output_dir} were kept at {result.backup_dir}")
+
+
+def pipeline(config: PipelineConfig) -> SessionResult:
+    """validate -> train -> ONNX export -> parity check."""
+    from .exporter import export
+    from .config import ExportConfig
+    from .quality import print_report, validate_file
+
+    report = validate_file(config.data_file, max_length=config.max_length)
+    print_report(report, as_json=False)
+    if report.exit_code(strict=config.strict):
+        from .errors import ValidationFailed
+
+        raise ValidationFailed(f"{config.data_file} failed validation; fix the errors above "
+                               "(docs/DATA_QUALITY_GUIDE.md) and run again")
+    train_fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(TrainConfig)}
+    result = train(TrainConfig(**train_fields), onnx_output=config.onnx_output)
+    export(ExportConfig(output_dir=config.output_dir, onnx_output=config.onnx_output, quantize=config.quantize))
+    return result
