@@ -148,17 +148,24 @@ def _records_of_json(path: Path) -> Iterator[Any]:
                           f"got {_type_name(value)}")
 
 
+def _reject_utf16(path: Path) -> None:
+    with open(path, "rb") as handle:
+        _decode(handle.read(4).split(b"\n")[0][:2], path)
+
+
 def _records_of_jsonl(path: Path) -> Iterator[Any]:
+    _reject_utf16(path)
     with open(path, "rb") as handle:
         for number, raw in enumerate(handle, start=1):
             if not raw.strip():
                 continue
-            text = _decode(raw, path, number)
+            text = _decode(raw, path, number).rstrip("\r\n")
             yield _parse_json(text, path, line_offset=number - 1)
 
 
 def _records_of_txt(path: Path) -> Iterator[str]:
     """Paragraphs separated by blank lines; each becomes one plain-text record."""
+    _reject_utf16(path)
     paragraph: list[str] = []
     with open(path, "rb") as handle:
         for number, raw in enumerate(handle, start=1):
@@ -217,7 +224,7 @@ def _chat(index: int, obj: dict, key: str, role_key: str, content_key: str, shap
         if not isinstance(message, dict):
             raise RecordError(index, f"{key}[{position}] must be an object, got {_type_name(message)}")
         speaker = message.get(role_key)
-        role = SHAREGPT_ROLES.get(speaker) if shape == "conversations" else speaker
+        role = SHAREGPT_ROLES.get(str(speaker).lower()) if shape == "conversations" else speaker
         if role not in ROLES:
             raise RecordError(index, f"{key}[{position}] has unknown {role_key} {speaker!r}")
         content = _text_field(index, message, content_key)

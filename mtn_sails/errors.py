@@ -23,7 +23,7 @@ class InputError(SailsError):
 
 
 class DataFormatError(InputError):
-    """A data file that cannot be read as records (bad JSON, unknown shape, not UTF-8)."""
+    """A data file that cannot be read at all (bad JSON, too deeply nested, not UTF-8, binary)."""
 
 
 class CorruptModelError(InputError):

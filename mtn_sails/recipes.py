@@ -38,6 +38,23 @@ def _hub_hint(source: str) -> str:
             "reachable; pass --model-name PATH (a local model) or --model-name scratch (offline base)")
 
 
+def hub_reachable(timeout_s: float = 3.0) -> bool:
+    """True when the model hub answers; offline, loading falls back to the local cache at once
+    instead of retrying for a minute."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout_s).close()
+    except OSError:
+        return False
+    return True
+
+
 def load_start_model(plan: TrainingPlan, config: TrainConfig, records: list[Record], template: PromptTemplate):
     """(model, tokenizer) the session starts from, as the plan says."""
     if plan.source == SCRATCH_MODEL_NAME:
@@ -47,9 +64,11 @@ def load_start_model(plan: TrainingPlan, config: TrainConfig, records: list[Reco
         return build_scratch_model(texts, config.scratch_size, config.max_length, config.seed)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    local_only = Path(plan.source).exists() or not hub_reachable()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(plan.source)
-        model = AutoModelForCausalLM.from_pretrained(plan.source, trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(plan.source, local_files_only=local_only)
+        model = AutoModelForCausalLM.from_pretrained(plan.source, local_files_only=local_only,
+                                                     trust_remote_code=False)
     except (OSError, ValueError) as error:
         if Path(plan.source).exists():
             raise InputError(f"cannot load model from {plan.source}: {str(error).splitlines()[0]}") from None
@@ -107,12 +126,10 @@ def _versions() -> dict[str, str]:
 
 def _prepare_work_dir(output_dir: Path, config: TrainConfig, data_sha256: str) -> tuple[Path, TrainConfig, str | None]:
     """The work directory for checkpoints; with --resume, the interrupted session's config and checkpoint."""
-    from transformers.trainer_utils import get_last_checkpoint
-
     work = store.sibling(output_dir, "work")
     saved = work / SESSION_FILE
     if config.resume:
-        checkpoint = get_last_checkpoint(str(work / "checkpoints")) if (work / "checkpoints").is_dir() else None
+        checkpoint = store.find_resume_checkpoint(work / "checkpoints")
         if not saved.is_file() or checkpoint is None:
             raise InputError(f"nothing to resume for {output_dir}: no interrupted session with a checkpoint; "
                              "run without --resume")
@@ -120,10 +137,11 @@ def _prepare_work_dir(output_dir: Path, config: TrainConfig, data_sha256: str) -
         if state["data_sha256"] != data_sha256:
             raise InputError(f"--resume: {config.data_file} changed since the interrupted session; "
                              "run without --resume to start a new session")
-        say(f"⏯️  Resuming the interrupted session from {Path(checkpoint).name} with its own settings")
-        return work, dataclasses.replace(TrainConfig(**state["config"]), resume=True), checkpoint
+        say(f"⏯️  Resuming the interrupted session from {checkpoint.name} with its own settings")
+        return work, dataclasses.replace(TrainConfig(**state["config"]), resume=True), str(checkpoint)
     if work.exists():
-        say(f"🧹 Discarding an interrupted session's checkpoints in {work} (use --resume to continue one)")
+        if store.find_resume_checkpoint(work / "checkpoints"):
+            say(f"🧹 Discarding an interrupted session's checkpoints in {work} (use --resume to continue one)")
         shutil.rmtree(work)
     work.mkdir(parents=True)
     saved.write_text(json.dumps({"config": dataclasses.asdict(config), "data_sha256": data_sha256}), encoding="utf-8")

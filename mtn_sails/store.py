@@ -173,3 +173,25 @@ def copy_slices(source_dir: str | Path, target_dir: str | Path) -> None:
     for kind in (HELD_OUT_DIR, REPLAY_DIR):
         if (Path(source_dir) / kind).is_dir():
             shutil.copytree(Path(source_dir) / kind, Path(target_dir) / kind, dirs_exist_ok=True)
+
+
+def find_resume_checkpoint(checkpoints_dir: str | Path) -> Path | None:
+    """The newest complete Trainer checkpoint (its trainer_state.json, written last, parses), or None.
+
+    A kill while a checkpoint is being written leaves a partial `checkpoint-N`; the previous one is
+    only rotated away once the next is complete, so falling back to it loses no more than one interval.
+    """
+    import json
+
+    directory = Path(checkpoints_dir)
+    if not directory.is_dir():
+        return None
+    candidates = sorted((p for p in directory.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
+                        key=lambda p: int(p.name.split("-")[-1]), reverse=True)
+    for checkpoint in candidates:
+        try:
+            json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        return checkpoint
+    return None

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .data import Record, Turn
+from .errors import InputError
 
 TEMPLATE_FILE = "prompt_template.json"
 
@@ -65,4 +66,8 @@ class PromptTemplate:
         path = Path(directory) / TEMPLATE_FILE
         if not path.is_file():
             return cls()
-        return cls(**json.loads(path.read_text(encoding="utf-8")))
+        try:
+            return cls(**json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError, TypeError):
+            raise InputError(f"{path}: unreadable prompt template; restore it or delete it to use the "
+                             "default template") from None

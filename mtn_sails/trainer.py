@@ -30,6 +30,8 @@ def tokenize_segments(segments: Sequence[Segment], token_ids: Sequence[list[int]
     """input_ids and labels of one example from its segments' token ids; eos after each turn.
 
     The eos that ends a response stays in the labels so the model learns to stop (transformers #4122).
+    Too long: a prompt over half the budget loses its beginning, so the response keeps at least half;
+    then the end is cut.
     """
     input_ids: list[int] = []
     labels: list[int] = []
@@ -37,6 +39,10 @@ def tokenize_segments(segments: Sequence[Segment], token_ids: Sequence[list[int]
         ids = list(ids) + ([eos_id] if segment.ends_turn else [])
         input_ids += ids
         labels += ids if segment.is_target else [IGNORE_INDEX] * len(ids)
+    if len(input_ids) > max_length:
+        prompt_length = next((i for i, label in enumerate(labels) if label != IGNORE_INDEX), len(labels))
+        cut = max(0, prompt_length - max_length // 2)
+        input_ids, labels = input_ids[cut:], labels[cut:]
     return {"input_ids": input_ids[:max_length], "labels": labels[:max_length]}
 
 

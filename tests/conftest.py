@@ -72,6 +72,6 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600, env: dict |
     import os
     import subprocess
 
-    full_env = dict(os.environ, PYTHONIOENCODING="utf-8", **(env or {}))
+    full_env = {**os.environ, "PYTHONIOENCODING": "utf-8", **(env or {})}
     return subprocess.run([sys.executable, str(REPO / "main.py"), *args], cwd=cwd, capture_output=True,
                           text=True, timeout=timeout, env=full_env)
