@@ -78,7 +78,7 @@ def check_data_path(path: str | os.PathLike) -> Path:
     try:
         if not path.exists():
             if path.is_symlink():
-                raise InputError(f"{path}: broken symlink")
+                raise InputError(f"{path}: broken symlink or symlink loop")
             raise InputError(f"{path}: no such file")
         if path.is_dir():
             raise InputError(f"{path}: is a directory, expected a .json, .jsonl or .txt file")
@@ -122,6 +122,9 @@ def _parse_json(text: str, path: Path, line_offset: int = 0) -> Any:
     except RecursionError:
         where = f"{path}:{line_offset + 1}" if line_offset else f"{path}"
         raise DataFormatError(f"{where}: JSON nested too deeply to read") from None
+    except ValueError as error:  # e.g. an integer over 4300 digits (sys.get_int_max_str_digits())
+        where = f"{path}:{line_offset + 1}" if line_offset else f"{path}"
+        raise DataFormatError(f"{where}: invalid JSON: {error}") from None
 
 
 def _read_file(path: Path) -> bytes:
@@ -150,7 +153,10 @@ def _records_of_json(path: Path) -> Iterator[Any]:
 
 def _reject_utf16(path: Path) -> None:
     with open(path, "rb") as handle:
-        _decode(handle.read(4).split(b"\n")[0][:2], path)
+        head = handle.read(2)
+    # Only the UTF-16 test of _decode: decoding two bytes alone would reject a UTF-8 BOM (EF BB BF).
+    if head in (b"\xff\xfe", b"\xfe\xff") or (head[1:2] == b"\x00" and head[:1] != b"\x00"):
+        raise DataFormatError(f"{path}: file is UTF-16; save it as UTF-8")
 
 
 def _records_of_jsonl(path: Path) -> Iterator[Any]:
