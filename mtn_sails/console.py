@@ -25,8 +25,19 @@ def plain(text: str) -> str:
     return _EMOJI.sub("", text)
 
 
+_muted = False  # set in every data-parallel process but the main one, so a report is printed once
+
+
+def mute() -> None:
+    """Silence `say` in this process (used by non-main data-parallel workers)."""
+    global _muted
+    _muted = True
+
+
 def say(text: str, stream: TextIO | None = None) -> None:
     """Print one message, dropping emoji where the stream cannot encode them."""
+    if _muted:
+        return
     stream = stream or sys.stdout
     if not can_encode(text, stream):
         text = plain(text)

@@ -1,6 +1,7 @@
 """End-to-end flows that compose the stages: a training session (`train`) and `pipeline`."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import random
@@ -124,52 +125,70 @@ def _versions() -> dict[str, str]:
     return {"mtn_sails": __version__, "torch": torch.__version__, "transformers": transformers.__version__}
 
 
-def _prepare_work_dir(output_dir: Path, config: TrainConfig, data_sha256: str) -> tuple[Path, TrainConfig, str | None]:
-    """The work directory for checkpoints; with --resume, the interrupted session's config and checkpoint."""
-    work = store.sibling(output_dir, "work")
+def _resume_state(work: Path, config: TrainConfig, data_sha256: str) -> tuple[TrainConfig, str | None]:
+    """With --resume, the interrupted session's config and last complete checkpoint (reads only)."""
+    if not config.resume:
+        return config, None
+    checkpoint = store.find_resume_checkpoint(work / "checkpoints")
     saved = work / SESSION_FILE
-    if config.resume:
-        checkpoint = store.find_resume_checkpoint(work / "checkpoints")
-        if not saved.is_file() or checkpoint is None:
-            raise InputError(f"nothing to resume for {output_dir}: no interrupted session with a checkpoint; "
-                             "run without --resume")
-        state = json.loads(saved.read_text(encoding="utf-8"))
-        if state["data_sha256"] != data_sha256:
-            raise InputError(f"--resume: {config.data_file} changed since the interrupted session; "
-                             "run without --resume to start a new session")
-        say(f"⏯️  Resuming the interrupted session from {checkpoint.name} with its own settings")
-        return work, dataclasses.replace(TrainConfig(**state["config"]), resume=True), str(checkpoint)
+    if not saved.is_file() or checkpoint is None:
+        raise InputError(f"nothing to resume for {config.output_dir}: no interrupted session with a checkpoint; "
+                         "run without --resume")
+    state = json.loads(saved.read_text(encoding="utf-8"))
+    if state["data_sha256"] != data_sha256:
+        raise InputError(f"--resume: {config.data_file} changed since the interrupted session; "
+                         "run without --resume to start a new session")
+    say(f"⏯️  Resuming the interrupted session from {checkpoint.name} with its own settings")
+    return dataclasses.replace(TrainConfig(**state["config"]), resume=True), str(checkpoint)
+
+
+def _reset_work_dir(work: Path, config: TrainConfig, data_sha256: str) -> None:
+    """A fresh work directory for this session's checkpoints (an interrupted session's are discarded)."""
     if work.exists():
         if store.find_resume_checkpoint(work / "checkpoints"):
             say(f"🧹 Discarding an interrupted session's checkpoints in {work} (use --resume to continue one)")
         shutil.rmtree(work)
     work.mkdir(parents=True)
-    saved.write_text(json.dumps({"config": dataclasses.asdict(config), "data_sha256": data_sha256}), encoding="utf-8")
-    return work, config, None
+    (work / SESSION_FILE).write_text(json.dumps({"config": dataclasses.asdict(config), "data_sha256": data_sha256}),
+                                     encoding="utf-8")
 
 
 def train(config: TrainConfig, onnx_output: str | None = None) -> SessionResult:
-    """One continuous-training session into config.output_dir, swapped in whole at the end."""
+    """One continuous-training session into config.output_dir, swapped in whole at the end.
+
+    Under torchrun / accelerate launch every process trains; only the main one locks, writes and reports.
+    """
+    from .distributed import current_processes
+
+    processes = current_processes(config.device)
     output_dir = Path(config.output_dir)
-    with store.locked(output_dir):
-        recovered = store.recover(output_dir)
-        if recovered:
-            say(f"🔧 {recovered}")
+    with store.locked(output_dir) if processes.is_main() else contextlib.nullcontext():
+        if processes.is_main():
+            recovered = store.recover(output_dir)
+            if recovered:
+                say(f"🔧 {recovered}")
+        processes.barrier()
         data_sha256 = file_sha256(config.data_file) if Path(config.data_file).is_file() else ""
         records = list(load_records(config.data_file))
-        work, config, checkpoint = _prepare_work_dir(output_dir, config, data_sha256)
+        work = store.sibling(output_dir, "work")
+        config, checkpoint = _resume_state(work, config, data_sha256)
         if checkpoint is None:
             plan = plan_training(config.output_dir, config.model_name, config.learning_rate, onnx_output)
         else:
             plan = TrainingPlan(**json.loads((work / "plan.json").read_text(encoding="utf-8")))
+        processes.barrier()  # every process has read the directories before the main one changes them
+        if processes.is_main():
+            if checkpoint is None:
+                _reset_work_dir(work, config, data_sha256)
+            (work / "plan.json").write_text(json.dumps(dataclasses.asdict(plan)), encoding="utf-8")
         for message in plan.messages:
             say(message)
-        (work / "plan.json").write_text(json.dumps(dataclasses.asdict(plan)), encoding="utf-8")
-        return _run_session(config, plan, records, data_sha256, work, checkpoint)
+        return _run_session(config, plan, records, data_sha256, work, checkpoint, processes)
 
 
 def _run_session(config: TrainConfig, plan: TrainingPlan, records: list[Record], data_sha256: str,
-                 work: Path, checkpoint: str | None) -> SessionResult:
+                 work: Path, checkpoint: str | None, processes) -> SessionResult:
+    from .distributed import optimizer_steps
     from .trainer import TrainSettings, evaluate_records, perplexity, run_training, split_records, tokenize
 
     started = time.time()
@@ -187,20 +206,28 @@ def _run_session(config: TrainConfig, plan: TrainingPlan, records: list[Record],
     say(f"🚀 Training on {len(train_records)} records"
         + (f" + {len(replayed)} replayed from earlier sessions" if replayed else "")
         + (f", {len(held_out)} held out" if held_out else "")
-        + f" ({len(data.train)} {'blocks' if data.packed else 'examples'}) at learning rate {plan.learning_rate}")
+        + f" ({len(data.train)} {'blocks' if data.packed else 'examples'}, "
+        f"{optimizer_steps(len(data.train), config.batch_size, processes.world_size, config.gradient_accumulation_steps, config.epochs)}"
+        f" optimizer steps on {processes.world_size} process{'es' * (processes.world_size > 1)}) "
+        f"at learning rate {plan.learning_rate}")
     settings = TrainSettings(plan.learning_rate, config.epochs, config.batch_size,
                              config.gradient_accumulation_steps, config.seed, work / "checkpoints",
                              config.save_steps, config.device)
     trainer, outcome = run_training(model, tokenizer, data, settings, resume_from=checkpoint)
 
     history = load_history(output_dir) if plan.continues else []
-    forgetting = measure_forgetting(trainer.model, tokenizer, template, output_dir, history, max_length) \
-        if plan.continues else []
-    held_out_loss = evaluate_records(trainer.model, tokenizer, held_out[:store.MAX_HELD_OUT_RECORDS], template,
-                                     max_length) if held_out else None
-
-    staging = store.fresh_staging(output_dir)
-    trainer.save_model(str(staging))
+    staging = store.sibling(output_dir, "staging")
+    if processes.is_main():
+        forgetting = measure_forgetting(trainer.model, tokenizer, template, output_dir, history, max_length) \
+            if plan.continues else []
+        held_out_loss = evaluate_records(trainer.model, tokenizer, held_out[:store.MAX_HELD_OUT_RECORDS],
+                                         template, max_length) if held_out else None
+        store.fresh_staging(output_dir)
+    processes.barrier()
+    trainer.save_model(str(staging))  # every process calls it (sharded engines gather); the main one writes
+    processes.barrier()
+    if not processes.is_main():
+        return SessionResult(output_dir, plan, {})
     (staging / "training_args.bin").unlink(missing_ok=True)  # a pickle; the config is saved as JSON below
     template.save(staging)
     if plan.continues:

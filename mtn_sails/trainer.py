@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -19,6 +20,9 @@ from .data import Record
 from .console import say
 from .errors import InputError
 from .template import PromptTemplate, Segment
+
+# Checkpoint rotation on filesystems with coarse mtimes; the Trainer falls back to step numbers, which is right.
+warnings.filterwarnings("ignore", message="mtime may not be reliable")
 
 IGNORE_INDEX = -100  # label value the loss ignores (prompt tokens, padding)
 MIN_BLOCK_TOKENS = 8  # below this, packed plain text has nothing to learn from
