@@ -66,9 +66,10 @@ class Record:
 class RecordError(ValidationFailed):
     """A record whose shape or fields cannot be used; names the record."""
 
-    def __init__(self, index: int, message: str) -> None:
+    def __init__(self, index: int, message: str, code: str) -> None:
         self.index = index
         self.reason = message
+        self.code = code  # the quality check it fails (quality.CHECKS)
         super().__init__(f"record {index}: {message}")
 
 
@@ -215,24 +216,25 @@ def _text_field(index: int, obj: dict, key: str, optional: bool = False) -> str:
     if value is None and optional:
         return ""
     if not isinstance(value, str):
-        raise RecordError(index, f"field '{key}' must be a string, got {_type_name(value)}")
+        raise RecordError(index, f"field '{key}' must be a string, got {_type_name(value)}", "not-a-string")
     if not value.strip() and not optional:
-        raise RecordError(index, f"field '{key}' is empty")
+        raise RecordError(index, f"field '{key}' is empty", "empty-field")
     return value
 
 
 def _chat(index: int, obj: dict, key: str, role_key: str, content_key: str, shape: str) -> Record:
     messages = obj[key]
     if not isinstance(messages, list) or not messages:
-        raise RecordError(index, f"'{key}' must be a non-empty array of messages")
+        raise RecordError(index, f"'{key}' must be a non-empty array of messages", "chat-format")
     turns = []
     for position, message in enumerate(messages):
         if not isinstance(message, dict):
-            raise RecordError(index, f"{key}[{position}] must be an object, got {_type_name(message)}")
+            raise RecordError(index, f"{key}[{position}] must be an object, got {_type_name(message)}",
+                              "chat-format")
         speaker = message.get(role_key)
         role = SHAREGPT_ROLES.get(str(speaker).lower()) if shape == "conversations" else speaker
         if role not in ROLES:
-            raise RecordError(index, f"{key}[{position}] has unknown {role_key} {speaker!r}")
+            raise RecordError(index, f"{key}[{position}] has unknown {role_key} {speaker!r}", "chat-format")
         content = _text_field(index, message, content_key)
         turns.append(Turn(role, content))
     _check_turn_order(index, turns)
@@ -242,22 +244,22 @@ def _chat(index: int, obj: dict, key: str, role_key: str, content_key: str, shap
 def _check_turn_order(index: int, turns: list[Turn]) -> None:
     roles = [turn.role for turn in turns]
     if "assistant" not in roles:
-        raise RecordError(index, "chat has no assistant turn")
+        raise RecordError(index, "chat has no assistant turn", "chat-no-assistant")
     body = roles[1:] if roles[0] == "system" else roles
     for position, role in enumerate(body):
         expected = "user" if position % 2 == 0 else "assistant"
         if role != expected:
-            raise RecordError(index, f"chat roles do not alternate user/assistant: {roles}")
+            raise RecordError(index, f"chat roles do not alternate user/assistant: {roles}", "chat-roles")
 
 
 def normalise(index: int, obj: Any) -> Record:
     """One raw record as a `Record`, or a RecordError naming its index and keys."""
     if isinstance(obj, str):
         if not obj.strip():
-            raise RecordError(index, "text is empty")
+            raise RecordError(index, "text is empty", "empty-field")
         return Record(index=index, kind="text", shape="text", text=obj)
     if not isinstance(obj, dict):
-        raise RecordError(index, f"expected an object or a string, got {_type_name(obj)}")
+        raise RecordError(index, f"expected an object or a string, got {_type_name(obj)}", "unknown-shape")
     if "messages" in obj:
         return _chat(index, obj, "messages", "role", "content", "messages")
     if "conversations" in obj:
@@ -276,7 +278,7 @@ def normalise(index: int, obj: Any) -> Record:
     if "text" in obj:
         return Record(index=index, kind="text", shape="text", text=_text_field(index, obj, "text"))
     keys = sorted(obj)[:8]
-    raise RecordError(index, f"unknown record shape with keys {keys}; expected {SHAPE_HELP}")
+    raise RecordError(index, f"unknown record shape with keys {keys}; expected {SHAPE_HELP}", "unknown-shape")
 
 
 def scan(path: str | os.PathLike) -> Iterator[Record | RecordError]:
@@ -293,7 +295,7 @@ def scan(path: str | os.PathLike) -> Iterator[Record | RecordError]:
         elif record.shape != first.shape:
             keys = sorted(obj)[:8] if isinstance(obj, dict) else "a string"
             yield RecordError(index, f"shape '{record.shape}' (keys {keys}) differs from record "
-                                     f"{first.index}'s '{first.shape}'; a file holds one shape")
+                                     f"{first.index}'s '{first.shape}'; a file holds one shape", "mixed-shapes")
             continue
         yield record
 

@@ -66,8 +66,6 @@ _ERRORS = (
           "Order each chat as an optional system turn, then user, assistant, user, assistant..."),
     Check("invalid-unicode", "error", 40, "text with lone surrogates (e.g. a JSON \\ud800 escape), not valid Unicode",
           "Fix the escapes in the exporting program: tokenizers cannot encode lone surrogates."),
-    Check("bad-record", "error", 40, "records that cannot be used",
-          "Fix the record named in the message."),
 )
 _WARNINGS = (
     Check("duplicate", "warning", 20, "records that repeat an earlier record exactly",
@@ -101,14 +99,6 @@ _WARNINGS = (
           "and with less than one block many trainers silently train on nothing.", per_record=False),
 )
 CHECKS: dict[str, Check] = {check.code: check for check in _ERRORS + _WARNINGS}
-
-# What data.py says -> the error check; RecordError carries no code of its own.
-_RECORD_ERROR_CODES = (
-    ("differs from record", "mixed-shapes"), ("unknown record shape", "unknown-shape"),
-    ("expected an object or a string", "unknown-shape"), ("no assistant turn", "chat-no-assistant"),
-    ("do not alternate", "chat-roles"), ("must be a string", "not-a-string"),
-    ("is empty", "empty-field"), ("messages", "chat-format"), ("conversations", "chat-format"),
-)
 
 # Mojibake: UTF-8 read as Latin-1/cp1252 turns "é" into "Ã©", "’" into "â€™", emoji into "ðŸ...".
 _CP1252_HIGH = bytes(range(0x80, 0xA0)).decode("cp1252", errors="ignore")  # € ‚ ƒ „ … † ‡ ˆ ‰ Š ‹ ...
@@ -258,13 +248,6 @@ class _Tally:
         return found
 
 
-def _record_error_code(error: RecordError) -> str:
-    code = getattr(error, "code", None)
-    if code in CHECKS:
-        return code
-    return next((code for text, code in _RECORD_ERROR_CODES if text in error.reason), "bad-record")
-
-
 def _sides(record: Record) -> tuple[list[str], list[str]]:
     """(prompt-side texts, response-side texts) of a record; plain text is all response."""
     if record.kind == "text":
@@ -293,7 +276,7 @@ class _Inspector:
 
     def add_error(self, error: RecordError) -> None:
         self.record_count += 1
-        self.tally.add(_record_error_code(error), error.index, f"record {error.index}: {error.reason}")
+        self.tally.add(error.code, error.index, f"record {error.index}: {error.reason}")
 
     def add(self, record: Record) -> None:
         self.record_count += 1

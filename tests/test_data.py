@@ -253,4 +253,5 @@ def test_fuzz_loader_yields_records_or_raises_sails_error(case):
 
 def test_sails_error_family():
     assert issubclass(DataFormatError, InputError) and issubclass(RecordError, ValidationFailed)
-    assert RecordError(3, "field 'x' is empty").index == 3
+    error = RecordError(3, "field 'x' is empty", "empty-field")
+    assert error.index == 3 and error.code == "empty-field" and str(error) == "record 3: field 'x' is empty"
