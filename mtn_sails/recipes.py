@@ -298,10 +298,12 @@ def report_session(result: SessionResult) -> None:
 
 def pipeline(config: PipelineConfig) -> SessionResult:
     """validate -> train -> ONNX export -> parity check."""
-    from .exporter import export
     from .config import ExportConfig
+    from .distributed import current_processes
+    from .exporter import export
     from .quality import print_report, validate_file
 
+    processes = current_processes(config.device)
     report = validate_file(config.data_file, max_length=config.max_length)
     print_report(report, as_json=False)
     if report.exit_code(strict=config.strict):
@@ -311,5 +313,6 @@ def pipeline(config: PipelineConfig) -> SessionResult:
                                "(docs/DATA_QUALITY_GUIDE.md) and run again")
     train_fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(TrainConfig)}
     result = train(TrainConfig(**train_fields), onnx_output=config.onnx_output)
-    export(ExportConfig(output_dir=config.output_dir, onnx_output=config.onnx_output, quantize=config.quantize))
+    if processes.is_main():  # the export and parity check run once, after the distributed training
+        export(ExportConfig(output_dir=config.output_dir, onnx_output=config.onnx_output, quantize=config.quantize))
     return result
