@@ -268,6 +268,7 @@ def _run_session(config: TrainConfig, plan: TrainingPlan, records: list[Record],
         "seed": config.seed,
         "versions": _versions(),
         "forgetting": forgetting,
+        "loss_curve": outcome.loss_curve,
     }
     save_history(staging, history + [session])
     (staging / "mtn_sails_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n",

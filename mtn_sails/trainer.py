@@ -215,6 +215,7 @@ class TrainOutcome:
     precision: str
     device: str
     world_size: int
+    loss_curve: list[dict[str, float]]  # per logged epoch: step, epoch, loss or eval_loss
 
     def eval_perplexity(self) -> float | None:
         """exp(eval loss)."""
@@ -296,8 +297,10 @@ def run_training(model, tokenizer, data: TokenizedData, settings: TrainSettings,
     result = trainer.train(resume_from_checkpoint=resume_from)
     eval_loss = final_eval_loss(trainer) if eval_dataset is not None else None
     train_loss = result.training_loss if result.global_step else None
+    curve = [{key: log[key] for key in ("step", "epoch", "loss", "eval_loss") if key in log}
+             for log in trainer.state.log_history if "loss" in log or "eval_loss" in log]
     return trainer, TrainOutcome(train_loss, eval_loss, result.global_step, precision,
-                                 str(args.device), args.world_size)
+                                 str(args.device), args.world_size, curve)
 
 
 def final_eval_loss(trainer) -> float:
