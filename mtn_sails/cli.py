@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import typing
 from dataclasses import dataclass
@@ -15,8 +16,8 @@ from typing import Any, Callable
 from . import __version__
 from .config import (ExportConfig, GenerateConfig, HistoryConfig, PipelineConfig, TrainConfig,
                      ValidateConfig)
-from .console import warn
-from .errors import EXIT_BUG, EXIT_INTERRUPTED, EXIT_OK, SailsError
+from .console import mute, warn
+from .errors import EXIT_BUG, EXIT_INTERRUPTED, EXIT_OK, InputError, SailsError
 
 
 def run_validate(config: ValidateConfig) -> int:
@@ -109,24 +110,62 @@ def _argument_type(hint: Any) -> type:
     return args[0] if args else hint
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, config_class: type) -> None:
-    """One flag per dataclass field, its help taken from the field's metadata."""
+def add_config_arguments(parser: argparse.ArgumentParser, config_class: type,
+                         defaults: dict[str, Any] | None = None) -> None:
+    """One flag per dataclass field, its help taken from the field's metadata; `defaults` (from
+    --config) replace the field defaults, and the command line still wins over them."""
+    defaults = defaults or {}
     hints = typing.get_type_hints(config_class)
     for item in dataclasses.fields(config_class):
         extras = {k: v for k, v in item.metadata.items() if k != "help"}
+        if item.name in defaults:
+            extras.pop("required", None)
         value_type = _argument_type(hints[item.name])
-        hidden = item.default is None or item.default is False or extras.get("required")
-        default_note = "" if hidden else f" (default: {item.default})"
-        help_text = item.metadata.get("help", "") + default_note
+        default = defaults.get(item.name, item.default)
+        hidden = default is None or default is False or extras.get("required")
+        help_text = item.metadata.get("help", "") + ("" if hidden else f" (default: {default})")
         if value_type is bool:
-            parser.add_argument(_flag(item.name), action="store_true", help=help_text)
+            parser.add_argument(_flag(item.name), action="store_true", default=default, help=help_text)
         else:
-            parser.add_argument(_flag(item.name), type=value_type, default=item.default, help=help_text,
+            parser.add_argument(_flag(item.name), type=value_type, default=default, help=help_text,
                                 metavar=item.name.upper(), **extras)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full argparse parser with one sub-parser per command."""
+def load_config_file(path: str, config_class: type) -> dict[str, Any]:
+    """Option values from a YAML or JSON file (keys are option names), checked against the command."""
+    import json
+
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as handle:
+            values = json.load(handle) if path.endswith(".json") else yaml.safe_load(handle)
+    except OSError as error:
+        raise InputError(f"--config {path}: cannot read ({error.strerror or error})") from None
+    except (ValueError, yaml.YAMLError) as error:
+        raise InputError(f"--config {path}: not valid {'JSON' if path.endswith('.json') else 'YAML'} "
+                         f"({str(error).splitlines()[0]})") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise InputError(f"--config {path}: expected a mapping of option names to values")
+    hints = typing.get_type_hints(config_class)
+    settled = {}
+    for key, value in values.items():
+        name = str(key).lstrip("-").replace("-", "_")
+        if name not in hints:
+            raise InputError(f"--config {path}: unknown option '{key}' for this command")
+        value_type = _argument_type(hints[name])
+        try:
+            settled[name] = value if value is None or isinstance(value, value_type) else value_type(value)
+        except (TypeError, ValueError):
+            raise InputError(f"--config {path}: option '{key}' must be {value_type.__name__}, got {value!r}") from None
+    return settled
+
+
+def build_parser(command_defaults: dict[str, dict[str, Any]] | None = None) -> argparse.ArgumentParser:
+    """The full argparse parser with one sub-parser per command (`command_defaults`: from --config)."""
+    command_defaults = command_defaults or {}
     parser = argparse.ArgumentParser(
         prog="mtn-sails",
         description="Fine-tune a small language model on your own data, session after session, "
@@ -141,7 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=command.summary, description=command.summary,
                                   epilog="examples:\n  " + command.examples,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-        add_config_arguments(sub, command.config)
+        add_config_arguments(sub, command.config, command_defaults.get(name))
+        sub.add_argument("--config", metavar="FILE",
+                         help="YAML or JSON file of options (names as the flags); flags given here win")
+        noise = sub.add_mutually_exclusive_group()
+        noise.add_argument("--quiet", action="store_true", help="print only errors and the command's result")
+        noise.add_argument("--verbose", action="store_true", help="also show the libraries' own logging")
     return parser
 
 
@@ -150,11 +194,26 @@ def config_from_args(config_class: type, args: argparse.Namespace) -> Any:
     return config_class(**{f.name: getattr(args, f.name) for f in dataclasses.fields(config_class)})
 
 
+def config_file_defaults(argv: list[str]) -> dict[str, dict[str, Any]]:
+    """{command: option values} from the --config file named in argv, read before parsing so that
+    options it sets (even required ones) count as given."""
+    command = next((arg for arg in argv if arg in COMMANDS), None)
+    path = next((argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg == "--config"), None)
+    path = path or next((arg.split("=", 1)[1] for arg in argv if arg.startswith("--config=")), None)
+    if command is None or path is None:
+        return {}
+    return {command: load_config_file(path, COMMANDS[command].config)}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command; returns the process exit code."""
-    args = build_parser().parse_args(argv)
-    command = COMMANDS[args.command]
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        args = build_parser(config_file_defaults(argv)).parse_args(argv)
+        command = COMMANDS[args.command]
+        if args.verbose:
+            os.environ["TRANSFORMERS_VERBOSITY"] = "info"
+        mute(args.quiet)
         return command.handler(config_from_args(command.config, args))
     except SailsError as error:
         warn(f"error: {error}")
@@ -167,3 +226,5 @@ def main(argv: list[str] | None = None) -> int:
     except MemoryError:
         warn("error: out of memory; try a smaller --batch-size or --max-length")
         return EXIT_BUG
+    finally:
+        mute(False)

@@ -4,7 +4,8 @@ from __future__ import annotations
 import os
 import re
 import sys
-from typing import TextIO
+from contextlib import contextmanager
+from typing import Iterator, TextIO
 
 # Emoji and the variation selector that follows some of them; a plain terminal gets the text alone.
 _EMOJI = re.compile("[\U0001F300-\U0001FAFF\u2600-\u27BF\u2B00-\u2BFF\uFE0F]+ *")
@@ -28,17 +29,24 @@ def plain(text: str) -> str:
 _muted = False  # set in every data-parallel process but the main one, so a report is printed once
 
 
-def mute() -> None:
-    """Silence `say` in this process (used by non-main data-parallel workers)."""
+def mute(muted: bool = True) -> None:
+    """Silence (or restore) `say` in this process; `warn` always prints."""
     global _muted
-    _muted = True
+    _muted = muted
 
 
-def say(text: str, stream: TextIO | None = None) -> None:
-    """Print one message, dropping emoji where the stream cannot encode them."""
-    if _muted:
-        return
-    stream = stream or sys.stdout
+@contextmanager
+def quiet() -> Iterator[None]:
+    """Silence `say` for the duration (the Python API returns results instead of printing)."""
+    previous = _muted
+    mute(True)
+    try:
+        yield
+    finally:
+        mute(previous)
+
+
+def _write(text: str, stream: TextIO) -> None:
     if not can_encode(text, stream):
         text = plain(text)
         if not can_encode(text, stream):
@@ -46,9 +54,15 @@ def say(text: str, stream: TextIO | None = None) -> None:
     print(text, file=stream, flush=True)
 
 
+def say(text: str, stream: TextIO | None = None) -> None:
+    """Print one message, dropping emoji where the stream cannot encode them."""
+    if not _muted:
+        _write(text, stream or sys.stdout)
+
+
 def warn(text: str) -> None:
-    """Print a message to stderr with the same emoji fallback."""
-    say(text, sys.stderr)
+    """Print a message to stderr with the same emoji fallback, even when `say` is muted."""
+    _write(text, sys.stderr)
 
 
 def use_color(stream: TextIO | None = None) -> bool:

@@ -297,7 +297,16 @@ def report_session(result: SessionResult) -> None:
         say(f"💾 The previous contents of {result.output_dir} were kept at {result.backup_dir}")
 
 
-def pipeline(config: PipelineConfig) -> SessionResult:
+@dataclass
+class PipelineResult:
+    """What `pipeline` did: the data-quality report, the training session and the ONNX export."""
+
+    quality: Any  # quality.QualityReport
+    session: SessionResult
+    export: Any | None  # exporter.ExportResult; None on the non-main processes of a distributed run
+
+
+def pipeline(config: PipelineConfig) -> PipelineResult:
     """validate -> train -> ONNX export -> parity check."""
     from .config import ExportConfig
     from .distributed import current_processes
@@ -314,6 +323,8 @@ def pipeline(config: PipelineConfig) -> SessionResult:
                                "(docs/DATA_QUALITY_GUIDE.md) and run again")
     train_fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(TrainConfig)}
     result = train(TrainConfig(**train_fields), onnx_output=config.onnx_output)
+    exported = None
     if processes.is_main():  # the export and parity check run once, after the distributed training
-        export(ExportConfig(output_dir=config.output_dir, onnx_output=config.onnx_output, quantize=config.quantize))
-    return result
+        exported = export(ExportConfig(output_dir=config.output_dir, onnx_output=config.onnx_output,
+                                       quantize=config.quantize))
+    return PipelineResult(report, result, exported)
