@@ -9,12 +9,12 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from . import __version__, store
 from .config import SCRATCH_MODEL_NAME, PipelineConfig, TrainConfig
 from .console import say
-from .data import Record, file_sha256, load_records
+from .data import Record, check_data_path, file_sha256
 from .detector import TrainingPlan, plan_training
 from .errors import InputError
 from .history import forgetting_table, load_history, save_history
@@ -56,8 +56,8 @@ def hub_reachable(timeout_s: float = 3.0) -> bool:
     return True
 
 
-def load_start_model(plan: TrainingPlan, config: TrainConfig, records: list[Record], template: PromptTemplate):
-    """(model, tokenizer) the session starts from, as the plan says."""
+def load_start_model(plan: TrainingPlan, config: TrainConfig, records: Iterable[Record], template: PromptTemplate):
+    """(model, tokenizer) the session starts from, as the plan says (`records` train a scratch tokenizer)."""
     if plan.source == SCRATCH_MODEL_NAME:
         from .scratch import build_scratch_model
 
@@ -159,6 +159,7 @@ def train(config: TrainConfig, onnx_output: str | None = None) -> SessionResult:
     Under torchrun / accelerate launch every process trains; only the main one locks, writes and reports.
     """
     from .distributed import current_processes
+    from .tokenized import records_dataset
 
     processes = current_processes(config.device)
     output_dir = Path(config.output_dir)
@@ -168,8 +169,13 @@ def train(config: TrainConfig, onnx_output: str | None = None) -> SessionResult:
             if recovered:
                 say(f"🔧 {recovered}")
         processes.barrier()
-        data_sha256 = file_sha256(config.data_file) if Path(config.data_file).is_file() else ""
-        records = list(load_records(config.data_file))
+        check_data_path(config.data_file)
+        data_sha256 = file_sha256(config.data_file)
+        if processes.is_main():  # the others then read the Arrow cache it wrote
+            rows = records_dataset(config.data_file, data_sha256)
+        processes.barrier()
+        if not processes.is_main():
+            rows = records_dataset(config.data_file, data_sha256)
         work = store.sibling(output_dir, "work")
         config, checkpoint = _resume_state(work, config, data_sha256)
         if checkpoint is None:
@@ -183,33 +189,35 @@ def train(config: TrainConfig, onnx_output: str | None = None) -> SessionResult:
             (work / "plan.json").write_text(json.dumps(dataclasses.asdict(plan)), encoding="utf-8")
         for message in plan.messages:
             say(message)
-        return _run_session(config, plan, records, data_sha256, work, checkpoint, processes)
+        return _run_session(config, plan, rows, data_sha256, work, checkpoint, processes)
 
 
-def _run_session(config: TrainConfig, plan: TrainingPlan, records: list[Record], data_sha256: str,
+def _run_session(config: TrainConfig, plan: TrainingPlan, rows, data_sha256: str,
                  work: Path, checkpoint: str | None, processes) -> SessionResult:
     from .distributed import optimizer_steps
-    from .trainer import TrainSettings, evaluate_records, perplexity, run_training, split_records, tokenize
+    from .tokenized import iter_records, sample, split_dataset, tokenize, with_replay
+    from .trainer import TrainSettings, evaluate_records, perplexity, run_training
 
     started = time.time()
     output_dir = Path(config.output_dir)
     template = PromptTemplate.load(output_dir) if plan.continues else PromptTemplate()
-    train_records, held_out = split_records(records, config.eval_split, config.seed)
-    replayed = draw_replay(output_dir, len(train_records), config.replay, config.seed) if plan.continues else []
+    train_rows, held_out_rows = split_dataset(rows, config.eval_split, config.seed)
+    held_out = list(iter_records(held_out_rows)) if held_out_rows is not None else []
+    replayed = draw_replay(output_dir, len(train_rows), config.replay, config.seed) if plan.continues else []
     # On resume the checkpoint holds the weights and tokenizer; the Trainer restores optimizer and schedule.
     load_plan = dataclasses.replace(plan, source=checkpoint) if checkpoint else plan
-    model, tokenizer = load_start_model(load_plan, config, train_records + held_out, template)
+    model, tokenizer = load_start_model(load_plan, config, iter_records(rows), template)
     max_length = settle_max_length(config.max_length, model)
-    data = tokenize(train_records + replayed, held_out, tokenizer, template, max_length)
+    data = tokenize(with_replay(train_rows, replayed), held_out_rows, tokenizer, template, max_length)
     for note in data.notes:
         say(note)
-    say(f"🚀 Training on {len(train_records)} records"
+    steps = optimizer_steps(len(data.train), config.batch_size, processes.world_size,
+                            config.gradient_accumulation_steps, config.epochs)
+    say(f"🚀 Training on {len(train_rows)} records"
         + (f" + {len(replayed)} replayed from earlier sessions" if replayed else "")
         + (f", {len(held_out)} held out" if held_out else "")
-        + f" ({len(data.train)} {'blocks' if data.packed else 'examples'}, "
-        f"{optimizer_steps(len(data.train), config.batch_size, processes.world_size, config.gradient_accumulation_steps, config.epochs)}"
-        f" optimizer steps on {processes.world_size} process{'es' * (processes.world_size > 1)}) "
-        f"at learning rate {plan.learning_rate}")
+        + f" ({len(data.train)} {'blocks' if data.packed else 'examples'}, {steps} optimizer steps on "
+        f"{processes.world_size} process{'es' * (processes.world_size > 1)}) at learning rate {plan.learning_rate}")
     settings = TrainSettings(plan.learning_rate, config.epochs, config.batch_size,
                              config.gradient_accumulation_steps, config.seed, work / "checkpoints",
                              config.save_steps, config.device)
@@ -236,14 +244,15 @@ def _run_session(config: TrainConfig, plan: TrainingPlan, records: list[Record],
     if held_out:
         store.write_slice(staging, store.HELD_OUT_DIR, number, held_out[:store.MAX_HELD_OUT_RECORDS],
                           store.MAX_HELD_OUT_RECORDS, config.seed)
-    store.write_slice(staging, store.REPLAY_DIR, number, train_records, store.MAX_REPLAY_RECORDS, config.seed)
+    store.write_slice(staging, store.REPLAY_DIR, number, sample(train_rows, store.MAX_REPLAY_RECORDS, config.seed),
+                      store.MAX_REPLAY_RECORDS, config.seed)
     session = {
         "session": number,
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "data_file": str(Path(config.data_file).resolve()),
         "data_sha256": data_sha256,
-        "records": len(records),
-        "train_examples": len(train_records),
+        "records": len(rows),
+        "train_examples": len(train_rows),
         "eval_examples": len(held_out),
         "replayed_examples": len(replayed),
         "start": str(output_dir) if plan.continues else plan.source,

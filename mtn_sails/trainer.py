@@ -1,4 +1,4 @@
-"""The HF Trainer wrapper: tokenise rendered records, pack or pad, train, evaluate.
+"""The HF Trainer wrapper: pad batches, train, evaluate (tokenising lives in tokenized.py).
 
 Imported only by the commands that train, so `--help` and `validate` never load torch.
 """
@@ -9,60 +9,20 @@ import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import torch
-from datasets import Dataset
 from transformers import Trainer, TrainerCallback, TrainingArguments, default_data_collator
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-from .data import Record
 from .console import say
+from .data import Record
 from .errors import InputError
-from .template import PromptTemplate, Segment
+from .template import PromptTemplate
+from .tokenized import IGNORE_INDEX, TokenizedData, tokenize_records
 
 # Checkpoint rotation on filesystems with coarse mtimes; the Trainer falls back to step numbers, which is right.
 warnings.filterwarnings("ignore", message="mtime may not be reliable")
-
-IGNORE_INDEX = -100  # label value the loss ignores (prompt tokens, padding)
-MIN_BLOCK_TOKENS = 8  # below this, packed plain text has nothing to learn from
-MAX_EVAL_RECORDS = 500  # held-out records evaluated per session, so evaluation stays cheap
-
-
-def tokenize_segments(segments: Sequence[Segment], token_ids: Sequence[list[int]], eos_id: int,
-                      max_length: int) -> dict[str, list[int]]:
-    """input_ids and labels of one example from its segments' token ids; eos after each turn.
-
-    The eos that ends a response stays in the labels so the model learns to stop (transformers #4122).
-    Too long: a prompt over half the budget loses its beginning, so the response keeps at least half;
-    then the end is cut.
-    """
-    input_ids: list[int] = []
-    labels: list[int] = []
-    for segment, ids in zip(segments, token_ids):
-        ids = list(ids) + ([eos_id] if segment.ends_turn else [])
-        input_ids += ids
-        labels += ids if segment.is_target else [IGNORE_INDEX] * len(ids)
-    if len(input_ids) > max_length:
-        prompt_length = next((i for i, label in enumerate(labels) if label != IGNORE_INDEX), len(labels))
-        cut = max(0, prompt_length - max_length // 2)
-        input_ids, labels = input_ids[cut:], labels[cut:]
-    return {"input_ids": input_ids[:max_length], "labels": labels[:max_length]}
-
-
-def pack_blocks(token_lists: Iterable[list[int]], block_size: int) -> list[list[int]]:
-    """Concatenate token lists and cut them into blocks of `block_size`; the remainder is dropped."""
-    flat = [token for tokens in token_lists for token in tokens]
-    usable = len(flat) - len(flat) % block_size
-    return [flat[start:start + block_size] for start in range(0, usable, block_size)]
-
-
-def block_size_for(total_tokens: int, max_length: int) -> int:
-    """The packing block size: --max-length, shrunk (loudly, by the caller) when the data is smaller."""
-    if total_tokens < MIN_BLOCK_TOKENS:
-        raise InputError(f"the data has only {total_tokens} tokens; at least {MIN_BLOCK_TOKENS} are needed "
-                         "to train on plain text")
-    return min(max_length, total_tokens)
 
 
 def perplexity(loss: float | None) -> float | None:
@@ -96,98 +56,6 @@ class PaddingCollator:
             batch["labels"].append(list(feature["labels"]) + [IGNORE_INDEX] * padding)
             batch["attention_mask"].append([1] * len(feature["input_ids"]) + [0] * padding)
         return {key: torch.tensor(value, dtype=torch.long) for key, value in batch.items()}
-
-
-def _tokenize_batch(records: list[Record], tokenizer, template: PromptTemplate, max_length: int) -> list[dict]:
-    rendered = [template.render(record) for record in records]
-    texts = [segment.text for segments in rendered for segment in segments]
-    ids = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
-    examples, position = [], 0
-    for segments in rendered:
-        token_ids = ids[position:position + len(segments)]
-        position += len(segments)
-        examples.append(tokenize_segments(segments, token_ids, tokenizer.eos_token_id, max_length))
-    return examples
-
-
-@dataclass
-class TokenizedData:
-    """Training and evaluation datasets ready for the Trainer, with what was done to build them."""
-
-    train: Any  # datasets.Dataset
-    eval: Any | None
-    packed: bool
-    block_size: int
-    notes: list[str]
-
-    def train_tokens(self) -> int:
-        """Tokens that carry the loss in the training set."""
-        return sum(sum(1 for label in labels if label != IGNORE_INDEX) for labels in self.train["labels"])
-
-
-def build_dataset(records: list[Record], tokenizer, template: PromptTemplate, max_length: int):
-    """A `datasets.Dataset` of one example per record (input_ids, labels, length)."""
-    def examples():
-        for start in range(0, len(records), 1000):
-            for example in _tokenize_batch(records[start:start + 1000], tokenizer, template, max_length):
-                example["length"] = len(example["input_ids"])
-                yield example
-
-    return Dataset.from_list(list(examples()))
-
-
-def pack_dataset(records: list[Record], tokenizer, template: PromptTemplate, block_size: int):
-    """Plain-text records packed into full blocks (labels = input_ids)."""
-    examples = _tokenize_batch(records, tokenizer, template, max_length=sys.maxsize)
-    blocks = pack_blocks((e["input_ids"] for e in examples), block_size)
-    return Dataset.from_dict({"input_ids": blocks, "labels": [list(b) for b in blocks],
-                              "length": [len(b) for b in blocks]})
-
-
-def count_tokens(records: list[Record], tokenizer, template: PromptTemplate) -> int:
-    """Tokens in the rendered records (with eos), before truncation."""
-    return sum(len(e["input_ids"]) for e in _tokenize_batch(records, tokenizer, template, sys.maxsize))
-
-
-def tokenize(train_records: list[Record], eval_records: list[Record], tokenizer, template: PromptTemplate,
-             max_length: int) -> TokenizedData:
-    """Datasets for the Trainer: plain text packed into blocks, pairs and chats one example each."""
-    notes: list[str] = []
-    if train_records and all(r.kind == "text" for r in train_records):
-        total = count_tokens(train_records, tokenizer, template)
-        block = block_size_for(total, max_length)
-        if block < max_length:
-            # A corpus smaller than one block trains on nothing in grouped-text recipes (transformers #18167).
-            notes.append(f"⚠️  The training text has only {total} tokens, fewer than one block of "
-                         f"--max-length {max_length}; packing into blocks of {block} instead")
-        train = pack_dataset(train_records, tokenizer, template, block)
-        evaluation = None
-        if eval_records:
-            eval_total = count_tokens(eval_records, tokenizer, template)
-            evaluation = pack_dataset(eval_records, tokenizer, template, min(block, max(eval_total, 1)))
-            if len(evaluation) == 0:
-                evaluation = None
-        return TokenizedData(train, evaluation, True, block, notes)
-    train = build_dataset(train_records, tokenizer, template, max_length)
-    evaluation = build_dataset(eval_records, tokenizer, template, max_length) if eval_records else None
-    truncated = sum(1 for length in train["length"] if length >= max_length)
-    if truncated:
-        notes.append(f"⚠️  {truncated} example(s) longer than --max-length {max_length} tokens were truncated")
-    return TokenizedData(train, evaluation, False, max_length, notes)
-
-
-def split_records(records: list[Record], eval_split: float, seed: int) -> tuple[list[Record], list[Record]]:
-    """(train, held-out) split, reproducible for a seed; no held-out set for tiny data."""
-    import random
-
-    eval_count = min(MAX_EVAL_RECORDS, round(len(records) * eval_split))
-    if eval_split == 0 or eval_count == 0 or len(records) - eval_count < 1:
-        return list(records), []
-    order = list(range(len(records)))
-    random.Random(seed).shuffle(order)
-    held_out = set(order[:eval_count])
-    return ([r for i, r in enumerate(records) if i not in held_out],
-            [r for i, r in enumerate(records) if i in held_out])
 
 
 @dataclass(frozen=True)
@@ -315,7 +183,7 @@ def evaluate_records(model, tokenizer, records: list[Record], template: PromptTe
                      batch_size: int = 8) -> float | None:
     """Mean loss per target token of the model on `records` (None when they hold no target token)."""
 
-    examples = _tokenize_batch(records, tokenizer, template, max_length)
+    examples = tokenize_records(records, tokenizer, template, max_length)
     collator = PaddingCollator(tokenizer.pad_token_id)
     device = next(model.parameters()).device
     was_training = model.training

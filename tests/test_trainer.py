@@ -7,8 +7,9 @@ import torch
 from mtn_sails.data import Record, Turn
 from mtn_sails.errors import InputError
 from mtn_sails.template import PromptTemplate, Segment
-from mtn_sails.trainer import (IGNORE_INDEX, PaddingCollator, block_size_for, pack_blocks, split_records,
-                               tokenize_segments)
+from mtn_sails.tokenized import (IGNORE_INDEX, block_size_for, iter_records, pack_blocks, records_dataset,
+                                 records_to_dataset, split_dataset, tokenize_segments)
+from mtn_sails.trainer import PaddingCollator
 
 EOS = 0
 
@@ -58,11 +59,32 @@ def test_chat_rendering_trains_only_assistant_turns():
 
 
 def test_split_is_reproducible_and_skipped_for_tiny_data():
-    records = [Record(index=i, kind="text", shape="text", text=str(i)) for i in range(50)]
-    train, held_out = split_records(records, 0.1, seed=3)
+    rows = records_to_dataset([Record(index=i, kind="text", shape="text", text=str(i)) for i in range(50)])
+    train, held_out = split_dataset(rows, 0.1, seed=3)
     assert len(held_out) == 5 and len(train) == 45
-    assert split_records(records, 0.1, seed=3) == (train, held_out)
-    assert split_records(records[:3], 0.1, seed=3) == (records[:3], [])
+    assert set(train["index"]).isdisjoint(held_out["index"])
+    again_train, again_held_out = split_dataset(rows, 0.1, seed=3)
+    assert again_held_out["index"] == held_out["index"]
+    small = records_to_dataset([Record(index=i, kind="text", shape="text", text=str(i)) for i in range(3)])
+    assert split_dataset(small, 0.1, seed=3)[1] is None
+
+
+def test_records_round_trip_through_arrow(qa_file):
+    from mtn_sails.data import file_sha256, load_records
+
+    rows = records_dataset(qa_file, file_sha256(qa_file))
+    assert list(iter_records(rows)) == list(load_records(qa_file))
+    chat = Record(index=0, kind="chat", shape="messages", turns=(Turn("user", "Hi"), Turn("assistant", "Yo")))
+    assert list(iter_records(records_to_dataset([chat]))) == [chat]
+
+
+def test_a_record_error_inside_the_arrow_build_surfaces_as_itself(tmp_path):
+    from mtn_sails.data import RecordError
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "q", "answer": "a"}\n{"foo": 1}\n')
+    with pytest.raises(RecordError, match="record 1: unknown record shape"):
+        records_dataset(bad, "x")
 
 
 def test_a_session_changes_every_trainable_parameter(tiny_model_dir, qa_file, tmp_path):
