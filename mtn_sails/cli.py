@@ -65,7 +65,7 @@ def run_history(config: HistoryConfig) -> int:
     """Print the sessions the model went through."""
     from .history import print_history
 
-    print_history(config.output_dir, as_json=config.json)
+    print_history(config.output_dir, as_json=config.json, plot=config.plot)
     return EXIT_OK
 
 
@@ -97,7 +97,8 @@ COMMANDS: dict[str, Command] = {
                         "mtn-sails generate --prompt 'What is a variable?'\n"
                         "  mtn-sails generate --prompt 'What is SQL?' --backend torch --max-new-tokens 40"),
     "history": Command(HistoryConfig, run_history, "show the training sessions of a model",
-                       "mtn-sails history\n  mtn-sails history --output-dir ./my_model --json"),
+                       "mtn-sails history\n  mtn-sails history --output-dir ./my_model --json\n"
+                       "  mtn-sails history --plot   # writes loss_curve.png and forgetting.png"),
 }
 
 

@@ -128,3 +128,4 @@ class HistoryConfig:
 
     output_dir: str = option("trained model directory", default=DEFAULT_OUTPUT_DIR)
     json: bool = option("print the history as JSON", default=False)
+    plot: bool = option("write loss_curve.png and forgetting.png into the model directory", default=False)
