@@ -26,19 +26,26 @@ def plain(text: str) -> str:
     return _EMOJI.sub("", text)
 
 
-_muted = False  # set in every data-parallel process but the main one, so a report is printed once
+_quiet = False  # --quiet and the Python API: progress lines are dropped, results still print
+_worker = False  # a data-parallel process other than the main one: nothing prints
 
 
 def mute(muted: bool = True) -> None:
-    """Silence (or restore) `say` in this process; `warn` always prints."""
-    global _muted
-    _muted = muted
+    """Drop (or restore) progress lines from `say`; results from `show` and `warn` still print."""
+    global _quiet
+    _quiet = muted
+
+
+def mute_worker() -> None:
+    """Silence this process entirely (every data-parallel process but the main one)."""
+    global _worker
+    _worker = True
 
 
 @contextmanager
 def quiet() -> Iterator[None]:
-    """Silence `say` for the duration (the Python API returns results instead of printing)."""
-    previous = _muted
+    """Drop progress lines for the duration (the Python API returns results instead of printing)."""
+    previous = _quiet
     mute(True)
     try:
         yield
@@ -55,8 +62,14 @@ def _write(text: str, stream: TextIO) -> None:
 
 
 def say(text: str, stream: TextIO | None = None) -> None:
-    """Print one message, dropping emoji where the stream cannot encode them."""
-    if not _muted:
+    """Print one progress message, dropping emoji where the stream cannot encode them."""
+    if not _quiet and not _worker:
+        _write(text, stream or sys.stdout)
+
+
+def show(text: str, stream: TextIO | None = None) -> None:
+    """Print part of a command's result (a report, a table): kept under --quiet."""
+    if not _worker:
         _write(text, stream or sys.stdout)
 
 

@@ -45,7 +45,7 @@ def current_processes(device: str) -> Processes:
     state = PartialState(cpu=device == "cpu" or not torch.cuda.is_available())
     processes = Processes(state.num_processes, state.process_index)
     if not processes.is_main():
-        console.mute()
+        console.mute_worker()
     return processes
 
 

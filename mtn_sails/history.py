@@ -7,7 +7,7 @@ import sys
 from pathlib import Path, PureWindowsPath
 from typing import Any, Iterable
 
-from .console import say, warn
+from .console import say, show, warn
 from .errors import InputError
 
 HISTORY_FILE = "training_history.json"
@@ -139,24 +139,24 @@ def print_history(model_dir: str | Path, as_json: bool = False, plot: bool = Fal
     sessions = load_history(model_dir)
     images = _plot_on_demand(model_dir) if plot and sessions else []
     if as_json:
-        print(json.dumps({"sessions": sessions}, indent=2))
+        show(json.dumps({"sessions": sessions}, indent=2))
         for image in images:  # stderr, so that stdout stays one JSON document
-            say(f"📈 {image}", sys.stderr)
+            show(f"📈 {image}", sys.stderr)
         return
     if not sessions:
-        say(f"{model_dir}: no training sessions recorded" + ("; nothing to plot" if plot else ""))
+        show(f"{model_dir}: no training sessions recorded" + ("; nothing to plot" if plot else ""))
         return
-    say(f"Training history of {model_dir} ({len(sessions)} session{'s' * (len(sessions) != 1)})")
+    show(f"Training history of {model_dir} ({len(sessions)} session{'s' * (len(sessions) != 1)})")
     for line in session_table(sessions):
-        say(line)
+        show(line)
     for session in sessions:
         rows = forgetting_table(session)
         if rows:
-            say(f"Forgetting after session {session['session']} (held-out perplexity, then -> now):")
+            show(f"Forgetting after session {session['session']} (held-out perplexity, then -> now):")
             for line in rows:
-                say(line)
+                show(line)
     for image in images:
-        say(f"📈 {image}")
+        show(f"📈 {image}")
 
 
 def _plot_on_demand(model_dir: str | Path) -> list[Path]:

@@ -428,11 +428,15 @@ def format_report(report: QualityReport, color: bool = False) -> list[str]:
     return lines
 
 
-def print_report(report: QualityReport, as_json: bool = False) -> None:
-    """Print the report to stdout: a table for people, or JSON (`as_json`) for programs."""
+def print_report(report: QualityReport, as_json: bool = False, as_result: bool = True) -> None:
+    """Print the report to stdout: a table for people, or JSON (`as_json`) for programs.
+
+    `as_result=False` prints it as progress (dropped by --quiet), as `pipeline` does.
+    """
+    write = console.show if as_result else console.say
     if as_json:
-        console.say(json.dumps(report.to_dict(), indent=2))
+        write(json.dumps(report.to_dict(), indent=2))
         return
     color = console.use_color()
     for line in format_report(report, color):
-        console.say(line)
+        write(line)

@@ -324,7 +324,7 @@ def pipeline(config: PipelineConfig) -> PipelineResult:
 
     processes = current_processes(config.device)
     report = validate_file(config.data_file, max_length=config.max_length)
-    print_report(report, as_json=False)
+    print_report(report, as_json=False, as_result=False)
     if report.exit_code(strict=config.strict):
         from .errors import ValidationFailed
 
