@@ -7,7 +7,7 @@ import sys
 from pathlib import Path, PureWindowsPath
 from typing import Any, Iterable
 
-from .console import say, show, warn
+from .console import show, warn
 from .errors import InputError
 
 HISTORY_FILE = "training_history.json"
