@@ -1,0 +1,31 @@
+"""The docs run as written: every Python example of docs/API_REFERENCE.md and the README's commands."""
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import sys
+
+from conftest import REPO, run_cli
+
+
+def code_blocks(path, language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", path.read_text(encoding="utf-8"), flags=re.S)
+
+
+def test_api_reference_examples_run_in_order(tmp_path):
+    blocks = code_blocks(REPO / "docs" / "API_REFERENCE.md", "python")
+    runnable = [block for block in blocks if "import" in block][1:]  # the first is the import line alone
+    assert len(runnable) >= 7
+    (tmp_path / "examples").symlink_to(REPO / "examples")
+    script = "\n".join(f"print('--- block {i}')\n{block}" for i, block in enumerate(runnable))
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=900, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin",
+                                              "HF_HUB_OFFLINE": "1", "PYTHONIOENCODING": "utf-8"})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    out = result.stdout
+    assert "73 question/answer 100" in out
+    assert "0.001 False" in out and "0.0002 True" in out
+    after_training = out.split("--- block 2")[1]
+    assert "False" not in after_training and after_training.count("True") >= 5
+    assert "2 does_not_exist.json: no such file" in out
