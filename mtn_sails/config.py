@@ -59,7 +59,8 @@ class TrainConfig:
                              default=512)
     eval_split: float = option("fraction of records held out for evaluation (0 disables)", default=0.1)
     seed: int = option("random seed for the split, shuffling and initialisation", default=42)
-    replay: float = option("fraction of examples replayed from earlier sessions", default=0.0)
+    replay: float = option("fraction of a continued session's examples replayed from earlier sessions, "
+                           "an equal share from each (0 disables)", default=0.5)
     resume: bool = option("continue an interrupted session from its last checkpoint", default=False)
     device: str = option("where to train", default="auto", choices=DEVICES)
     save_steps: int = option("steps between resumable checkpoints (0: once per epoch)", default=0)

@@ -89,15 +89,20 @@ def settle_max_length(requested: int, model) -> int:
 
 
 def draw_replay(model_dir: Path, new_count: int, fraction: float, seed: int) -> list[Record]:
-    """Records from earlier sessions' replay slices, so that they make `fraction` of the session's examples."""
+    """Records from earlier sessions' replay slices, so that they make `fraction` of the session's examples;
+    each earlier session gives an equal share (measured: BENCHMARKS.md, "Forgetting and replay")."""
     if fraction <= 0:
         return []
-    earlier = [record for records in store.read_slices(model_dir, store.REPLAY_DIR).values() for record in records]
+    slices = [records for records in store.read_slices(model_dir, store.REPLAY_DIR).values() if records]
     wanted = round(fraction / (1 - fraction) * new_count)
-    if not earlier or wanted == 0:
+    if not slices or wanted == 0:
         return []
     rng = random.Random(seed)
-    return [rng.choice(earlier) for _ in range(wanted)] if wanted > len(earlier) else rng.sample(earlier, wanted)
+    drawn: list[Record] = []
+    for position, records in enumerate(slices):  # an equal share each: one large session can't crowd out small ones
+        share = wanted // len(slices) + (position >= len(slices) - wanted % len(slices))
+        drawn += [rng.choice(records) for _ in range(share)] if share > len(records) else rng.sample(records, share)
+    return drawn
 
 
 def measure_forgetting(model, tokenizer, template: PromptTemplate, model_dir: Path,
