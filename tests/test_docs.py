@@ -1,12 +1,14 @@
 """The docs run as written: every Python example of docs/API_REFERENCE.md and the README's commands."""
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import subprocess
 import sys
+from pathlib import Path
 
-from conftest import REPO, run_cli
+from conftest import REPO
 
 
 def code_blocks(path, language: str) -> list[str]:
@@ -32,3 +34,28 @@ def test_api_reference_examples_run_in_order(tmp_path):
     assert "\nTrue\n" in printed["4"]  # greedy ONNX == torch
     assert printed["5"].split()[1:] == ["100", "4", "True"]  # pipeline: score, session 4, parity
     assert "2 does_not_exist.json: no such file" in out
+
+
+def test_readme_quickstart_runs_literally(tmp_path):
+    block = next(b for b in code_blocks(REPO / "README.md", "bash") if "mtn-sails validate" in b)
+    commands = [shlex.split(line) for line in block.strip().splitlines()]
+    (tmp_path / "examples").symlink_to(REPO / "examples")
+    console_script = Path(sys.executable).with_name("mtn-sails")  # installed by `make` (pip install -e .)
+    assert console_script.exists()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONIOENCODING": "utf-8"}
+    outputs = []
+    for command in commands:
+        assert command[0] == "mtn-sails"
+        result = subprocess.run([str(console_script), *command[1:]], cwd=tmp_path, capture_output=True, text=True,
+                                timeout=900, env=env)
+        assert result.returncode == 0, (command, result.stdout[-2000:], result.stderr[-2000:])
+        outputs.append(result.stdout)
+    validate_out, first, second, answer, history_out = outputs
+    assert "100" in validate_out
+    assert "🆕 No existing model found. Training from base model 'scratch'" in first
+    assert "✅ ONNX model ready at ./onnx_model" in first
+    assert "🔄 Found existing ONNX model at ./onnx_model" in second
+    assert "🔄 Found existing trained model at ./trained_model" in second
+    assert "Using lower learning rate (0.0002)" in second and "replayed from earlier sessions" in second
+    assert answer.strip()
+    assert "2 sessions" in history_out and "Forgetting after session 2" in history_out
