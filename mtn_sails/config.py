@@ -112,8 +112,11 @@ class GenerateConfig:
     top_p: float = option("nucleus sampling mass (with --temperature > 0)", default=1.0)
     seed: int = option("random seed for sampling", default=42)
     raw: bool = option("send the prompt as it is, without the stored template", default=False)
+    int8: bool = option("use the int8 model (model_quantized.onnx from export --quantize); faster, its "
+                        "agreement with fp32 is reported by export", default=False)
 
     def __post_init__(self) -> None:
+        _require(not (self.int8 and self.backend == "torch"), "--int8 needs --backend onnx")
         _require(self.max_new_tokens > 0, "--max-new-tokens must be positive")
         _require(self.temperature >= 0, "--temperature must be 0 or positive")
         _require(0 < self.top_p <= 1, "--top-p must be in (0, 1]")
