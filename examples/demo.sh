@@ -13,11 +13,13 @@ export PYTHONIOENCODING=${PYTHONIOENCODING:-utf-8}
 step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; "$@"; }
 
 step "$PY" main.py validate --data-file examples/programming_basics.json
-step "$PY" main.py pipeline --data-file examples/programming_basics.json --model-name scratch --epochs 8 \
+# A model built from scratch needs many passes over ~70 answers to learn them (a pretrained base needs 2-3).
+step "$PY" main.py pipeline --data-file examples/programming_basics.json --model-name scratch --epochs 40 \
   --output-dir "$MODEL" --onnx-output "$ONNX"
-step "$PY" main.py pipeline --data-file examples/web_development.json --epochs 4 \
+step "$PY" main.py pipeline --data-file examples/web_development.json --epochs 15 \
   --output-dir "$MODEL" --onnx-output "$ONNX"
-step "$PY" main.py pipeline --data-file examples/databases.json --epochs 4 \
+step "$PY" main.py pipeline --data-file examples/databases.json --epochs 15 \
   --output-dir "$MODEL" --onnx-output "$ONNX"
 step "$PY" main.py history --output-dir "$MODEL"
+step "$PY" main.py generate --onnx-output "$ONNX" --prompt "How does an index speed up a query?" --max-new-tokens 48
 step "$PY" main.py generate --onnx-output "$ONNX" --prompt "What is a variable in programming?" --max-new-tokens 48

@@ -63,7 +63,8 @@ class TrainConfig:
                            "an equal share from each (0 disables)", default=0.5)
     resume: bool = option("continue an interrupted session from its last checkpoint", default=False)
     device: str = option("where to train", default="auto", choices=DEVICES)
-    save_steps: int = option("steps between resumable checkpoints (0: once per epoch)", default=0)
+    save_steps: int = option("steps between resumable checkpoints (0: once per epoch, at most "
+                             "10 per session)", default=0)
 
     def __post_init__(self) -> None:
         _require(self.epochs > 0, f"--epochs must be positive, got {self.epochs}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import random
 import shutil
 import time
@@ -123,6 +124,17 @@ def measure_forgetting(model, tokenizer, template: PromptTemplate, model_dir: Pa
     return rows
 
 
+MAX_CHECKPOINTS = 10  # per session by default: saving optimizer state every short epoch dominated many-epoch runs
+
+
+def checkpoint_interval(save_steps: int, epochs: float, total_steps: int) -> int:
+    """Steps between checkpoints (0: at each epoch end): --save-steps, else per epoch, at most
+    MAX_CHECKPOINTS in a session."""
+    if save_steps or epochs <= MAX_CHECKPOINTS:
+        return save_steps
+    return math.ceil(total_steps / MAX_CHECKPOINTS)
+
+
 def _versions() -> dict[str, str]:
     import torch
     import transformers
@@ -225,7 +237,7 @@ def _run_session(config: TrainConfig, plan: TrainingPlan, rows, data_sha256: str
         f"{processes.world_size} process{'es' * (processes.world_size > 1)}) at learning rate {plan.learning_rate}")
     settings = TrainSettings(plan.learning_rate, config.epochs, config.batch_size,
                              config.gradient_accumulation_steps, config.seed, work / "checkpoints",
-                             config.save_steps, config.device)
+                             checkpoint_interval(config.save_steps, config.epochs, steps), config.device)
     trainer, outcome = run_training(model, tokenizer, data, settings, resume_from=checkpoint)
 
     history = load_history(output_dir) if plan.continues else []

@@ -108,3 +108,11 @@ def test_an_overlong_prompt_is_cut_from_its_start_so_the_response_survives():
     example = tokenize_segments(segments, [list(range(100, 120)), [7, 8]], EOS, max_length=8)
     assert example["input_ids"] == [116, 117, 118, 119, 7, 8, EOS]
     assert example["labels"][-3:] == [7, 8, EOS]
+
+
+def test_checkpoints_default_to_each_epoch_but_at_most_ten():
+    from mtn_sails.recipes import checkpoint_interval
+
+    assert checkpoint_interval(0, epochs=3, total_steps=30) == 0  # at each epoch end
+    assert checkpoint_interval(0, epochs=40, total_steps=400) == 40
+    assert checkpoint_interval(7, epochs=40, total_steps=400) == 7  # --save-steps wins
