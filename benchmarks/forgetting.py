@@ -27,10 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import io
 import json
-import os
-import platform
 import random
 import shutil
 import sys
@@ -42,10 +39,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
 from mtn_sails import store  # noqa: E402
+from machine import machine, quiet_session  # noqa: E402
 from mtn_sails.config import TrainConfig  # noqa: E402
-from mtn_sails.recipes import train  # noqa: E402
 from mtn_sails.template import PromptTemplate  # noqa: E402
 
 C4 = REPO.parent / "shared" / "realdata" / "c4_demo.jsonl"
@@ -102,33 +100,6 @@ def make_facts(sessions: int, per_session: int, seed: int) -> list[list[dict[str
             session.append({"question": question.format(**values), "answer": answer.format(**values)})
         facts.append(session)
     return facts
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (or what platform knows)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def machine() -> dict:
-    """What the numbers were measured on."""
-    import torch
-
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-    return {"nproc": os.cpu_count(), "cpu": cpu_model(), "device": device, "torch_threads": torch.get_num_threads(),
-            "python": platform.python_version(), "torch": torch.__version__}
-
-
-def run_session(config: TrainConfig, verbose: bool) -> dict:
-    """One real training session; its history entry (the session's own printout only with --verbose)."""
-    sink = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
-    with sink:
-        return train(config).session
 
 
 def trained_facts(facts: list[dict[str, str]], model_dir: Path, session: int) -> list[tuple[str, str]]:
@@ -203,7 +174,7 @@ def run(args) -> dict:
         pretrain_data = work / "pretrain.jsonl"
         pretrain_data.write_text("\n".join(lines) + "\n", encoding="utf-8")
     pretrained = work / "pretrained"
-    entry = run_session(TrainConfig(data_file=str(pretrain_data), output_dir=str(pretrained), model_name="scratch",
+    entry = quiet_session(TrainConfig(data_file=str(pretrain_data), output_dir=str(pretrained), model_name="scratch",
                                     scratch_size=args.size, epochs=args.pretrain_epochs,
                                     learning_rate=args.pretrain_learning_rate, eval_split=args.eval_split,
                                     seed=args.seed, batch_size=args.batch_size, max_length=args.max_length,
@@ -218,7 +189,7 @@ def run(args) -> dict:
     after_one = work / "after-session-1"
     shutil.copytree(pretrained, after_one)
     started = time.perf_counter()
-    first = run_session(TrainConfig(data_file=str(files[0]), output_dir=str(after_one), learning_rate=rate,
+    first = quiet_session(TrainConfig(data_file=str(files[0]), output_dir=str(after_one), learning_rate=rate,
                                     **common), args.verbose)
     first_facts = trained_facts(facts[0], after_one, PRETRAINING_SESSIONS + 1)
     recall_one = recall(after_one, first_facts, args.max_new_tokens, recall_device)
@@ -234,7 +205,7 @@ def run(args) -> dict:
         shutil.copytree(after_one, model_dir)
         if arm.facts_only_pool:
             store.slice_path(model_dir, store.REPLAY_DIR, 1).unlink()  # the pre-training text's slice
-        entries = [run_session(TrainConfig(data_file=str(path), output_dir=str(model_dir),
+        entries = [quiet_session(TrainConfig(data_file=str(path), output_dir=str(model_dir),
                                            learning_rate=rate / arm.rate_divisor, replay=arm.replay, **common),
                                args.verbose) for path in files[1:]]
         last = entries[-1]

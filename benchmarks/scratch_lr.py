@@ -15,12 +15,8 @@ Every run has the same seed, so the split, the tokenizer and the initial weights
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
-import io
 import json
-import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -30,42 +26,16 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
+from machine import machine, quiet_session  # noqa: E402
 from mtn_sails.config import TrainConfig  # noqa: E402
-from mtn_sails.recipes import train  # noqa: E402
 
 RATES = (5e-5, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2)
 QUICK_RATES = (5e-5, 1e-3, 5e-3)
 CONTINUE_RATIO = 5  # the guide's 5e-5 -> 1e-5
 # The Trainer says this once per checkpoint rotation on some filesystems; it is noise here.
 warnings.filterwarnings("ignore", message="mtime may not be reliable")
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (or what platform knows)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def machine() -> dict:
-    """What the numbers were measured on."""
-    import torch
-
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-    return {"nproc": os.cpu_count(), "cpu": cpu_model(), "device": device, "torch_threads": torch.get_num_threads(),
-            "python": platform.python_version(), "torch": torch.__version__}
-
-
-def session(config: TrainConfig, verbose: bool) -> dict:
-    """One real training session; its history entry (the session's own printout only with --verbose)."""
-    sink = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
-    with sink:
-        return train(config).session
 
 
 def sweep(args, work: Path) -> tuple[list[dict], list[dict]]:
@@ -78,7 +48,7 @@ def sweep(args, work: Path) -> tuple[list[dict], list[dict]]:
         for rate in args.rates:
             output = work / f"{size}-{rate:g}"
             started = time.perf_counter()
-            entry = session(TrainConfig(data_file=args.data_file, output_dir=str(output), model_name="scratch",
+            entry = quiet_session(TrainConfig(data_file=args.data_file, output_dir=str(output), model_name="scratch",
                                         scratch_size=size, learning_rate=rate, **common), args.verbose)
             row = {"size": size, "learning_rate": rate, "train_loss": entry["train_loss"],
                    "held_out_loss": entry["held_out_loss"], "held_out_perplexity": entry["held_out_perplexity"],
@@ -94,7 +64,7 @@ def sweep(args, work: Path) -> tuple[list[dict], list[dict]]:
             kept = work / f"{size}-{row['learning_rate']:g}-after-1"
             shutil.copytree(output, kept)  # the model after session 1, for a re-check of the table's "before"
             rate = row["learning_rate"] / CONTINUE_RATIO
-            entry = session(TrainConfig(data_file=args.second_file, output_dir=str(output), learning_rate=rate,
+            entry = quiet_session(TrainConfig(data_file=args.second_file, output_dir=str(output), learning_rate=rate,
                                         **common), args.verbose)
             forgetting = entry["forgetting"][0]
             crow = {"size": size, "first_rate": row["learning_rate"], "continue_rate": rate,

@@ -27,6 +27,9 @@ from pathlib import Path
 
 import psutil
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import cpu_model  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 GOAL_SECONDS = 60.0
 GOAL_RSS_MB = 1024.0
@@ -104,16 +107,6 @@ def run_validate(data_file: Path) -> dict:
             "report": json.loads(stdout)}
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def main(argv: list[str] | None = None) -> int:
     """Generate the data, time `validate`, print the figures; exit 1 when a goal is missed at full size."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -143,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         "score": report["score"],
         "findings": {f["code"]: f["count"] for f in report["findings"]},
         "generate_s": round(generate_s, 1),
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "nproc": os.cpu_count(),
         "python": platform.python_version(),
     }
