@@ -58,3 +58,22 @@ def test_stages_never_import_the_cli():
         tree = ast.parse(path.read_text())
         imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
         assert "cli" not in imported and "mtn_sails.cli" not in imported, path.name
+
+
+def test_colours_only_on_a_terminal_and_never_with_no_color(monkeypatch):
+    import os
+
+    from mtn_sails.console import use_color
+
+    leader, follower = os.openpty()
+    terminal = os.fdopen(follower, "w")
+    try:
+        monkeypatch.delenv("NO_COLOR", raising=False)
+        assert use_color(terminal)
+        monkeypatch.setenv("NO_COLOR", "1")
+        assert not use_color(terminal)
+    finally:
+        terminal.close()
+        os.close(leader)
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    assert not use_color(open(os.devnull, "w"))

@@ -209,3 +209,13 @@ def test_resume_continues_an_interrupted_session_from_its_checkpoint(tiny_model_
     assert session["start_kind"] == "resumed" and session["epochs"] == 4
     assert session["resumed_from_checkpoint"].startswith("checkpoint-")
     assert main(train_args(data, tiny_model_copy, "--resume")) == 2  # nothing left to resume
+
+
+def test_a_trained_directory_is_a_plain_transformers_model(tiny_model_copy, qa_file):
+    from transformers import pipeline
+
+    assert main(train_args(qa_file, tiny_model_copy, "--quiet")) == 0
+    generator = pipeline("text-generation", model=str(tiny_model_copy))
+    prompt = "### Instruction:\nWhat is SQL?\n\n### Response:\n"
+    output = generator(prompt, max_new_tokens=5, do_sample=False)[0]["generated_text"]
+    assert output.startswith(prompt) and len(output) > len(prompt)
