@@ -61,6 +61,8 @@ from typing import Any, Callable
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+from machine import cpu_model  # noqa: E402
 REALDATA = REPO.parent / "shared" / "realdata"
 PAIRS_FILE = REALDATA / "alpaca_en_demo.json"
 TEXT_FILE = REALDATA / "c4_demo.jsonl"
@@ -79,17 +81,6 @@ GOAL_MFU = 0.5
 LEVERS = ("gelu_tanh", "bf16", "1thread")
 warnings.filterwarnings("ignore", message="mtime may not be reliable")
 warnings.filterwarnings("ignore", message=".*loss_type=None.*")
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (or what platform knows)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def machine() -> dict:
