@@ -67,6 +67,19 @@ def head(source: Path, target: Path, lines: int) -> None:
             dst.write(line)
 
 
+def rss_parts(pid: int) -> dict[str, int]:
+    """RssAnon / RssFile / RssShmem of a process in bytes (Linux /proc; empty elsewhere)."""
+    parts = {}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(("RssAnon:", "RssFile:", "RssShmem:")):
+                key, value = line.split(":")
+                parts[key] = int(value.split()[0]) * 1024
+    except OSError:
+        pass
+    return parts
+
+
 def directory_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
@@ -131,12 +144,15 @@ def measure(data_file: Path, tokenizer_dir: Path, max_length: int, work: Path) -
                                    stdout=out, stderr=subprocess.PIPE, env=env, cwd=REPO)
         watched = psutil.Process(process.pid)
         polled = 0
+        peak_parts: dict[str, int] = {}
         while True:
             try:
                 rss = watched.memory_info().rss + sum(c.memory_info().rss for c in watched.children(recursive=True))
                 polled = max(polled, rss)
             except psutil.Error:
                 pass
+            for key, value in rss_parts(process.pid).items():
+                peak_parts[key] = max(peak_parts.get(key, 0), value)
             finished, status, usage = os.wait4(process.pid, os.WNOHANG)
             if finished:
                 break
@@ -155,6 +171,9 @@ def measure(data_file: Path, tokenizer_dir: Path, max_length: int, work: Path) -
             "wall_s": round(wall, 2), "records_per_s": round(figures["records"] / wall),
             "peak_rss_mb": round(peak / 1e6, 1), "peak_rss_polled_mb": round(polled / 1e6, 1),
             "ru_maxrss_mb": round(usage.ru_maxrss * 1024 / 1e6, 1),
+            # RssFile is the memory-mapped Arrow cache pages the process touched: page cache the kernel can drop.
+            "peak_rss_anon_mb": round(peak_parts.get("RssAnon", 0) / 1e6, 1),
+            "peak_rss_file_mb": round(peak_parts.get("RssFile", 0) / 1e6, 1),
             "baseline_rss_mb": round(figures["baseline_rss_bytes"] / 1e6, 1),
             "data_rss_mb": round((peak - figures["baseline_rss_bytes"]) / 1e6, 1),
             "arrow_cache_mb": round(cache_bytes / 1e6, 1), "train_examples": figures["train_examples"],
@@ -214,8 +233,11 @@ def run(args) -> dict:
             if data_file != largest:
                 data_file.unlink()
         peaks = [r["peak_rss_mb"] for r in report["runs"]]
+        anon = [r["peak_rss_anon_mb"] for r in report["runs"]]
         report["peak_rss_ratio_largest_over_smallest"] = round(peaks[-1] / peaks[0], 3)
+        report["peak_rss_anon_ratio_largest_over_smallest"] = round(anon[-1] / anon[0], 3) if anon[0] else None
         report["flat"] = len(peaks) < 2 or peaks[-1] / peaks[0] <= FLAT_RSS_RATIO
+        report["flat_anon"] = len(anon) < 2 or not anon[0] or anon[-1] / anon[0] <= FLAT_RSS_RATIO
         report["machine"]["load_average_at_end"] = list(os.getloadavg())
         return report
     finally:
@@ -225,13 +247,16 @@ def run(args) -> dict:
 def print_report(report: dict) -> None:
     print(f"\ntokenizer: {report['tokenizer']}")
     print(f"{'records':>10} {'file MB':>8} {'wall s':>7} {'rec/s':>7} {'tokens':>12} {'tok/s':>9} "
-          f"{'peak RSS MB':>11} {'baseline':>8} {'data':>6} {'Arrow MB':>8}")
+          f"{'peak RSS MB':>11} {'anon':>6} {'file':>6} {'baseline':>8} {'data':>6} {'Arrow MB':>8}")
     for r in report["runs"]:
         print(f"{r['records']:>10,} {r['file_mb']:>8} {r['wall_s']:>7} {r['records_per_s']:>7,} "
               f"{r['train_tokens']:>12,} {r['tokens_per_s'] or 0:>9,} {r['peak_rss_mb']:>11} "
+              f"{r['peak_rss_anon_mb']:>6} {r['peak_rss_file_mb']:>6} "
               f"{r['baseline_rss_mb']:>8} {r['data_rss_mb']:>6} {r['arrow_cache_mb']:>8}")
         print("           stages:", r["stages_s"])
-    print(f"peak RSS largest/smallest: {report['peak_rss_ratio_largest_over_smallest']} (flat: {report['flat']})")
+    print(f"peak RSS largest/smallest: {report['peak_rss_ratio_largest_over_smallest']} (flat: {report['flat']}); "
+          f"anonymous memory only: {report['peak_rss_anon_ratio_largest_over_smallest']} "
+          f"(flat: {report['flat_anon']})")
 
 
 def main(argv: list[str] | None = None) -> int:
