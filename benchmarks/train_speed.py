@@ -12,14 +12,15 @@ vocabulary --vocab-size; the size reached is reported, it sets the LM head's FLO
   pairs/plain  shared/realdata/alpaca_en_demo.json rendered with the product's template, tokenised with
                padding="max_length", truncation=True, max_length=512; DataCollatorForLanguageModeling(mlm=False);
                Trainer defaults (random sampler, no group_by_length): what tutorials teach
-  pairs/sails  `tokenized.tokenize` + `trainer.run_training` (dynamic padding, group_by_length)
+  pairs/sails  `tokenized.tokenize` + `trainer.run_training` (dynamic padding, group_by_length), the model's
+               config through `trainer.use_fused_activation` as a session loads it (gelu_new -> gelu_pytorch_tanh)
   text/plain   shared/realdata/c4_demo.jsonl, the same padded recipe (long documents truncated)
   text/sails   the same text through `tokenize` + `run_training`: packed into full blocks of 512
   levers/...   (not with --quick or --no-levers; a phase of its own, --lever-steps) pairs/sails again, and
-               with one change each, every arm on the same batches; candidate diffs to mtn_sails:
-               +gelu_tanh (activation_function="gelu_pytorch_tanh", same weights), +bf16 (CPU autocast to
-               bfloat16, TrainingArguments(bf16=True)) and +1thread (torch.set_num_threads(1) in that arm's
-               thread instead of one thread per core)
+               with one change each, every arm on the same batches: +unfused (gelu_new as the base
+               config has it: mtn_sails before use_fused_activation), +bf16 (`--precision bf16`: CPU autocast
+               to bfloat16) and +1thread (torch.set_num_threads(1) in that arm's thread instead of one
+               thread per core, what OMP_NUM_THREADS=1 does)
 
 Both data files are split like a session (`split_dataset`, 10% held out) and every arm trains on the
 same 90%. The arms of one comparison run in lockstep: each arm's Trainer runs in its own thread, and a
@@ -79,7 +80,7 @@ EVAL_SPLIT = 0.1  # the product's default --eval-split
 LEARNING_RATE = 5e-5
 GOAL_RATIO = 2.0  # pairs/sails real tokens/s over pairs/plain
 GOAL_MFU = 0.5
-LEVERS = ("gelu_tanh", "bf16", "1thread")
+LEVERS = ("unfused", "bf16", "1thread")
 warnings.filterwarnings("ignore", message="mtime may not be reliable")
 warnings.filterwarnings("ignore", message=".*loss_type=None.*")
 
@@ -203,8 +204,6 @@ def _instrumented_trainer_class():
         def __init__(self, *args, **kwargs):
             started = time.perf_counter()
             stats: ArmStats = _current.stats
-            if getattr(_current, "bf16", False):  # the +bf16 lever: CPU autocast, everything else as given
-                kwargs["args"] = dataclasses.replace(kwargs["args"], bf16=True)
             super().__init__(*args, **kwargs)
             collator = self.data_collator
 
@@ -357,21 +356,20 @@ def sails_arm(setup: Setup, rows, name: str, steps: int, lever: str = "") -> tup
     settings = TrainSettings(learning_rate=LEARNING_RATE, epochs=(steps - 0.5) / per_epoch, batch_size=args.batch_size,
                              gradient_accumulation_steps=1, seed=args.seed,
                              checkpoint_dir=setup.work / name.replace("/", "-").replace("+", "-"),
-                             save_steps=NO_CHECKPOINTS, device="cpu")
-    model = copy.deepcopy(setup.model)
-    if lever == "gelu_tanh":
-        from transformers.activations import ACT2FN
-
-        model.config.activation_function = "gelu_pytorch_tanh"
-        for block in model.transformer.h:
-            block.mlp.act = ACT2FN["gelu_pytorch_tanh"]
+                             save_steps=NO_CHECKPOINTS, device="cpu",
+                             precision="bf16" if lever == "bf16" else "auto")
+    config = copy.deepcopy(setup.model.config)
+    if lever != "unfused":
+        sails_trainer.use_fused_activation(config)  # what recipes.load_start_model does to a loaded config
+    model = type(setup.model)(config)
+    model.load_state_dict(setup.model.state_dict())
 
     def train():
         assert sails_trainer.Trainer is INSTRUMENTED[0], "run() installs the instrumented Trainer"
         trainer, _outcome = run_training(model, setup.tokenizer, data, settings)
         return trainer, data
 
-    return stats, train, {"bf16": lever == "bf16", **({"threads": 1} if lever == "1thread" else {})}
+    return stats, train, {"threads": 1} if lever == "1thread" else {}
 
 
 def arm_report(stats: ArmStats, peak: float, flops_shape: dict) -> dict:
@@ -701,7 +699,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit-records", type=int, default=0, help="use the first N records of each file (0: all)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--levers", action=argparse.BooleanOptionalAction, default=None,
-                        help="also run pairs/sails +gelu_tanh, +bf16 and +1thread (default: on, off with --quick)")
+                        help="also run pairs/sails +unfused, +bf16 and +1thread (default: on, off with --quick)")
     parser.add_argument("--overheads", action=argparse.BooleanOptionalAction, default=True,
                         help="time one held-out evaluation and one checkpoint of pairs/sails")
     parser.add_argument("--startup", action=argparse.BooleanOptionalAction, default=True,

@@ -64,12 +64,16 @@ def load_start_model(plan: TrainingPlan, config: TrainConfig, records: Iterable[
 
         texts = (segment.text for record in records for segment in template.render(record))
         return build_scratch_model(texts, config.scratch_size, config.max_length, config.seed)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from .trainer import use_fused_activation
 
     local_only = Path(plan.source).exists() or not hub_reachable()
     try:
         tokenizer = AutoTokenizer.from_pretrained(plan.source, local_files_only=local_only)
-        model = AutoModelForCausalLM.from_pretrained(plan.source, local_files_only=local_only,
+        model_config = AutoConfig.from_pretrained(plan.source, local_files_only=local_only, trust_remote_code=False)
+        use_fused_activation(model_config)
+        model = AutoModelForCausalLM.from_pretrained(plan.source, config=model_config, local_files_only=local_only,
                                                      trust_remote_code=False)
     except (OSError, ValueError) as error:
         if Path(plan.source).exists():
@@ -237,7 +241,8 @@ def _run_session(config: TrainConfig, plan: TrainingPlan, rows, data_sha256: str
         f"{processes.world_size} process{'es' * (processes.world_size > 1)}) at learning rate {plan.learning_rate}")
     settings = TrainSettings(plan.learning_rate, config.epochs, config.batch_size,
                              config.gradient_accumulation_steps, config.seed, work / "checkpoints",
-                             checkpoint_interval(config.save_steps, config.epochs, steps), config.device)
+                             checkpoint_interval(config.save_steps, config.epochs, steps), config.device,
+                             precision=config.precision)
     trainer, outcome = run_training(model, tokenizer, data, settings, resume_from=checkpoint)
 
     history = load_history(output_dir) if plan.continues else []

@@ -43,11 +43,14 @@ def build_scratch_model(texts: Iterable[str], size: str, max_length: int, seed: 
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
+    from .trainer import use_fused_activation
+
     shape = SCRATCH_SHAPES[size]
     tokenizer = train_tokenizer(texts, shape.vocab_size)
     config = GPT2Config(vocab_size=len(tokenizer), n_positions=max(max_length, 128), n_embd=shape.n_embd,
                         n_layer=shape.n_layer, n_head=shape.n_head,
                         bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
                         pad_token_id=tokenizer.eos_token_id)
+    use_fused_activation(config)
     torch.manual_seed(seed)
     return GPT2LMHeadModel(config), tokenizer

@@ -46,6 +46,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
         with open(REALDATA / "c4_demo.jsonl", encoding="utf-8") as handle:
             texts += [json.loads(line)["text"] for line, _ in zip(handle, range(60))]
     model, tokenizer = build_scratch_model(texts, size="tiny", max_length=128, seed=0)
+    model.config.activation_function = "gelu_new"  # distilgpt2's, the same function unfused: loads switch it
     directory = tmp_path_factory.mktemp("tiny_base") / "tiny-gpt2"
     model.save_pretrained(directory, safe_serialization=True)
     tokenizer.save_pretrained(directory)

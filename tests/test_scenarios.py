@@ -42,6 +42,8 @@ def test_scenario_1_then_2_continue_at_the_lower_rate(tiny_model_dir, tmp_path, 
     assert f"🆕 No existing model found. Training from base model '{tiny_model_dir}'" in first
     assert "📚 Using standard learning rate (5e-05) for initial training" in first
     assert {p.name for p in output.iterdir()} == SESSION_FILES
+    # gelu_new of the base is saved as its fused kernel, the same function (tests/test_trainer.py)
+    assert json.loads((output / "config.json").read_text())["activation_function"] == "gelu_pytorch_tanh"
     weights_after_first = weights_bytes(output)
 
     assert main(train_args(data, output)) == 0
@@ -219,3 +221,21 @@ def test_a_trained_directory_is_a_plain_transformers_model(tiny_model_copy, qa_f
     prompt = "### Instruction:\nWhat is SQL?\n\n### Response:\n"
     output = generator(prompt, max_new_tokens=5, do_sample=False)[0]["generated_text"]
     assert output.startswith(prompt) and len(output) > len(prompt)
+
+
+def test_bf16_on_the_cpu_is_recorded_and_saves_fp32_weights(tiny_model_copy, qa_file):
+    from safetensors import safe_open
+
+    assert main(train_args(qa_file, tiny_model_copy, "--device", "cpu", "--precision", "bf16", "--quiet")) == 0
+    assert load_history(tiny_model_copy)[-1]["precision"] == "bf16"
+    with safe_open(str(tiny_model_copy / "model.safetensors"), "pt") as weights:
+        assert {str(weights.get_tensor(name).dtype) for name in weights.keys()} == {"torch.float32"}
+    assert main(train_args(qa_file, tiny_model_copy, "--device", "cpu", "--quiet")) == 0
+    assert load_history(tiny_model_copy)[-1]["precision"] == "fp32"
+
+
+def test_fp16_on_the_cpu_is_refused_before_anything_changes(tiny_model_copy, qa_file, capsys):
+    before = weights_bytes(tiny_model_copy)
+    assert main(train_args(qa_file, tiny_model_copy, "--device", "cpu", "--precision", "fp16")) == 2
+    assert "--precision fp16 needs a CUDA device" in capsys.readouterr().err
+    assert weights_bytes(tiny_model_copy) == before

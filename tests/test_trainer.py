@@ -9,7 +9,7 @@ from mtn_sails.errors import InputError
 from mtn_sails.template import PromptTemplate, Segment
 from mtn_sails.tokenized import (IGNORE_INDEX, block_size_for, iter_records, pack_blocks, records_dataset,
                                  records_to_dataset, split_dataset, tokenize_segments)
-from mtn_sails.trainer import PaddingCollator
+from mtn_sails.trainer import PaddingCollator, use_fused_activation
 
 EOS = 0
 
@@ -116,3 +116,18 @@ def test_checkpoints_default_to_each_epoch_but_at_most_ten():
     assert checkpoint_interval(0, epochs=3, total_steps=30) == 0  # at each epoch end
     assert checkpoint_interval(0, epochs=40, total_steps=400) == 40
     assert checkpoint_interval(7, epochs=40, total_steps=400) == 7  # --save-steps wins
+
+
+def test_gelu_new_becomes_its_fused_kernel_with_the_same_outputs(tiny_model_dir):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(tiny_model_dir)
+    assert config.activation_function == "gelu_new"
+    assert use_fused_activation(config) and config.activation_function == "gelu_pytorch_tanh"
+    assert not use_fused_activation(config)
+    original = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    fused = AutoModelForCausalLM.from_pretrained(tiny_model_dir, config=config).eval()
+    assert type(fused.transformer.h[0].mlp.act) is not type(original.transformer.h[0].mlp.act)
+    ids = torch.arange(1, 40).unsqueeze(0)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(ids).logits, original(ids).logits, rtol=1e-5, atol=1e-5)
