@@ -29,6 +29,10 @@ ROW_FEATURES = datasets.Features({
     "text": datasets.Value("string"), "prompt": datasets.Value("string"), "response": datasets.Value("string"),
     "roles": datasets.Sequence(datasets.Value("string")), "contents": datasets.Sequence(datasets.Value("string")),
 })
+# int32 ids: half the Arrow cache of the default int64 (vocabularies are far below 2**31).
+TOKEN_FEATURES = datasets.Features({"input_ids": datasets.Sequence(datasets.Value("int32")),
+                                    "labels": datasets.Sequence(datasets.Value("int32")),
+                                    "length": datasets.Value("int32")})
 
 if not sys.stderr.isatty():
     datasets.disable_progress_bars()
@@ -116,17 +120,28 @@ def tokenize_segments(segments: Sequence[Segment], token_ids: Sequence[list[int]
     return {"input_ids": input_ids[:max_length], "labels": labels[:max_length]}
 
 
+def token_ids(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Each text's token ids without special tokens added; equal to `tokenizer(texts)["input_ids"]`."""
+    backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
+    # A tokenizer.json may carry its own truncation or padding, which tokenizer() switches off per call.
+    if backend is None or getattr(backend, "truncation", None) or getattr(backend, "padding", None):
+        return tokenizer(texts, add_special_tokens=False)["input_ids"]
+    # encode_batch_fast skips offsets and the wrapper's per-encoding dicts: 1.5x (BENCHMARKS.md).
+    encode = getattr(backend, "encode_batch_fast", None) or backend.encode_batch
+    return [encoding.ids for encoding in encode(texts, add_special_tokens=False)]
+
+
 def tokenize_records(records: Sequence[Record], tokenizer, template: PromptTemplate,
                      max_length: int) -> list[dict[str, list[int]]]:
     """One example (input_ids, labels) per record, with one batched tokenizer call."""
     rendered = [template.render(record) for record in records]
     texts = [segment.text for segments in rendered for segment in segments]
-    ids = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+    ids = token_ids(tokenizer, texts) if texts else []
     examples, position = [], 0
     for segments in rendered:
-        token_ids = ids[position:position + len(segments)]
+        segment_ids = ids[position:position + len(segments)]
         position += len(segments)
-        examples.append(tokenize_segments(segments, token_ids, tokenizer.eos_token_id, max_length))
+        examples.append(tokenize_segments(segments, segment_ids, tokenizer.eos_token_id, max_length))
     return examples
 
 
@@ -160,13 +175,13 @@ def tokenize_dataset(rows: Dataset, tokenizer, template: PromptTemplate, max_len
     """input_ids, labels and length per record (cached by `datasets` under the inputs' fingerprint)."""
     return rows.map(_tokenize_batch, batched=True, batch_size=MAP_BATCH, remove_columns=rows.column_names,
                     fn_kwargs={"tokenizer": tokenizer, "template": template, "max_length": max_length},
-                    desc="Tokenising")
+                    features=TOKEN_FEATURES, desc="Tokenising")
 
 
 def pack_dataset(tokens: Dataset, block_size: int) -> Dataset:
     """Token sequences concatenated and cut into full blocks of `block_size` (labels = input_ids)."""
     return tokens.map(_pack_batch, batched=True, batch_size=MAP_BATCH, remove_columns=tokens.column_names,
-                      fn_kwargs={"block_size": block_size}, desc="Packing")
+                      fn_kwargs={"block_size": block_size}, features=TOKEN_FEATURES, desc="Packing")
 
 
 @dataclass

@@ -8,7 +8,7 @@ from mtn_sails.data import Record, Turn
 from mtn_sails.errors import InputError
 from mtn_sails.template import PromptTemplate, Segment
 from mtn_sails.tokenized import (IGNORE_INDEX, block_size_for, iter_records, pack_blocks, records_dataset,
-                                 records_to_dataset, split_dataset, tokenize_segments)
+                                 records_to_dataset, split_dataset, token_ids, tokenize, tokenize_segments)
 from mtn_sails.trainer import PaddingCollator, use_fused_activation
 
 EOS = 0
@@ -131,3 +131,29 @@ def test_gelu_new_becomes_its_fused_kernel_with_the_same_outputs(tiny_model_dir)
     ids = torch.arange(1, 40).unsqueeze(0)
     with torch.no_grad():
         torch.testing.assert_close(fused(ids).logits, original(ids).logits, rtol=1e-5, atol=1e-5)
+
+
+TRICKY_TEXTS = ["What is SQL?", "  leading spaces", "naïve café ☕ 数据库", "ends with eos <|endoftext|>", "", "a\n\nb"]
+
+
+def test_token_ids_match_the_tokenizer_call_whatever_the_tokenizer(tiny_model_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    from mtn_sails.scratch import train_tokenizer
+
+    fresh = train_tokenizer(["What is SQL? A query language."] * 20, 300)
+    loaded = AutoTokenizer.from_pretrained(tiny_model_dir)
+    truncating = AutoTokenizer.from_pretrained(tiny_model_dir)
+    truncating.backend_tokenizer.enable_truncation(max_length=3)  # tokenizer() ignores it; so must we
+    slow = AutoTokenizer.from_pretrained(tiny_model_dir, use_fast=False)
+    for tokenizer in (fresh, loaded, truncating, slow):
+        assert token_ids(tokenizer, TRICKY_TEXTS) == tokenizer(TRICKY_TEXTS, add_special_tokens=False)["input_ids"]
+
+
+def test_tokenized_examples_are_stored_as_int32(tiny_model_dir, qa_file):
+    from transformers import AutoTokenizer
+
+    rows = records_dataset(qa_file, "sha")
+    data = tokenize(rows, None, AutoTokenizer.from_pretrained(tiny_model_dir), PromptTemplate(), 64)
+    assert data.train.features["input_ids"].feature.dtype == "int32"
+    assert data.train.features["labels"].feature.dtype == "int32"
