@@ -19,8 +19,7 @@ vocabulary --vocab-size; the size reached is reported, it sets the LM head's FLO
   levers/...   (not with --quick or --no-levers; a phase of its own, --lever-steps) pairs/sails again, and
                with one change each, every arm on the same batches: +unfused (gelu_new as the base
                config has it: mtn_sails before use_fused_activation), +bf16 (`--precision bf16`: CPU autocast
-               to bfloat16) and +1thread (torch.set_num_threads(1) in that arm's thread instead of one
-               thread per core, what OMP_NUM_THREADS=1 does)
+               to bfloat16); thread counts cannot differ between arms of one process: see cpu_threads.py
 
 Both data files are split like a session (`split_dataset`, 10% held out) and every arm trains on the
 same 90%. The arms of one comparison run in lockstep: each arm's Trainer runs in its own thread, and a
@@ -80,7 +79,7 @@ EVAL_SPLIT = 0.1  # the product's default --eval-split
 LEARNING_RATE = 5e-5
 GOAL_RATIO = 2.0  # pairs/sails real tokens/s over pairs/plain
 GOAL_MFU = 0.5
-LEVERS = ("unfused", "bf16", "1thread")
+LEVERS = ("unfused", "bf16")
 warnings.filterwarnings("ignore", message="mtime may not be reliable")
 warnings.filterwarnings("ignore", message=".*loss_type=None.*")
 
@@ -261,14 +260,14 @@ def run_lockstep(arms: dict[str, tuple[ArmStats, Callable[[], Any]]]) -> dict[st
 
     import torch
 
+    # The arms' threads share one thread setting: torch.set_num_threads is per calling thread for OpenMP
+    # loops but process-wide for oneDNN/MKL matmuls, so a per-arm thread count would leak into the other
+    # arms (it did: a +1thread lever slowed the others 2x). Thread counts are measured by cpu_threads.py.
     default_threads = torch.get_num_threads()
 
-    def target(name: str, stats: ArmStats, train: Callable[[], Any], flags: dict) -> None:
+    def target(name: str, stats: ArmStats, train: Callable[[], Any]) -> None:
         _current.stats = stats
-        # OpenMP's thread count is per calling thread: each arm sets its own (the +1thread lever uses 1).
-        torch.set_num_threads(flags.get("threads", default_threads))
-        for key, value in flags.items():
-            setattr(_current, key, value)
+        torch.set_num_threads(default_threads)  # OpenMP's count is per calling thread: the same for every arm
         stats.lockstep = lockstep
         lockstep.wait(name)
         try:
@@ -278,13 +277,12 @@ def run_lockstep(arms: dict[str, tuple[ArmStats, Callable[[], Any]]]) -> dict[st
         finally:
             lockstep.finish(name)
 
-    threads = [threading.Thread(target=target, args=(name, stats, train, flags), name=name)
-               for name, (stats, train, flags) in arms.items()]
+    threads = [threading.Thread(target=target, args=(name, stats, train), name=name)
+               for name, (stats, train) in arms.items()]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    torch.set_num_threads(default_threads)  # also the default that threads started later inherit
     if errors:
         name, error = next(iter(errors.items()))
         raise RuntimeError(f"arm {name} failed: {error!r}") from error
@@ -310,7 +308,7 @@ def rendered_text(record, template, eos: str) -> str:
     return "".join(s.text + (eos if s.ends_turn else "") for s in template.render(record))
 
 
-def plain_arm(setup: Setup, rows, name: str) -> tuple[ArmStats, Callable[[], Any], dict]:
+def plain_arm(setup: Setup, rows, name: str) -> tuple[ArmStats, Callable[[], Any]]:
     """The tutorial recipe: pad every example to max_length, LM collator, Trainer defaults."""
     from datasets import Dataset
     from transformers import DataCollatorForLanguageModeling, TrainingArguments
@@ -337,10 +335,10 @@ def plain_arm(setup: Setup, rows, name: str) -> tuple[ArmStats, Callable[[], Any
                                 data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False))
         return trainer.train()
 
-    return stats, train, {}
+    return stats, train
 
 
-def sails_arm(setup: Setup, rows, name: str, steps: int, lever: str = "") -> tuple[ArmStats, Callable[[], Any], dict]:
+def sails_arm(setup: Setup, rows, name: str, steps: int, lever: str = "") -> tuple[ArmStats, Callable[[], Any]]:
     """mtn_sails's path: `tokenize` + `run_training` (eval and checkpoints off: timed apart)."""
     from mtn_sails import trainer as sails_trainer
     from mtn_sails.tokenized import tokenize
@@ -369,7 +367,7 @@ def sails_arm(setup: Setup, rows, name: str, steps: int, lever: str = "") -> tup
         trainer, _outcome = run_training(model, setup.tokenizer, data, settings)
         return trainer, data
 
-    return stats, train, {"threads": 1} if lever == "1thread" else {}
+    return stats, train
 
 
 def arm_report(stats: ArmStats, peak: float, flops_shape: dict) -> dict:
@@ -699,7 +697,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit-records", type=int, default=0, help="use the first N records of each file (0: all)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--levers", action=argparse.BooleanOptionalAction, default=None,
-                        help="also run pairs/sails +unfused, +bf16 and +1thread (default: on, off with --quick)")
+                        help="also run pairs/sails +unfused and +bf16 (default: on, off with --quick)")
     parser.add_argument("--overheads", action=argparse.BooleanOptionalAction, default=True,
                         help="time one held-out evaluation and one checkpoint of pairs/sails")
     parser.add_argument("--startup", action=argparse.BooleanOptionalAction, default=True,

@@ -65,7 +65,7 @@ class TrainConfig:
     resume: bool = option("continue an interrupted session from its last checkpoint", default=False)
     device: str = option("where to train", default="auto", choices=DEVICES)
     precision: str = option("auto: bf16 (else fp16) on CUDA, fp32 on the CPU; bf16 also runs on CPUs with "
-                            "AVX-512 BF16 or AMX (1.7x faster in BENCHMARKS.md); fp16 needs CUDA",
+                            "AVX-512 BF16 or AMX (1.57x faster in BENCHMARKS.md); fp16 needs CUDA",
                             default="auto", choices=PRECISIONS)
     save_steps: int = option("steps between resumable checkpoints (0: once per epoch, at most "
                              "10 per session)", default=0)

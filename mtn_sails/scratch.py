@@ -32,7 +32,9 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int):
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=2, special_tokens=[EOS_TOKEN],
                               show_progress=False)
-    tokenizer = GPT2TokenizerFast(tokenizer_object=bpe, bos_token=EOS_TOKEN, eos_token=EOS_TOKEN,
+    # The raw tokenizers.Tokenizer, not its ByteLevelBPETokenizer wrapper, whose enable_truncation()
+    # lacks the arguments transformers passes (tokenizer(..., truncation=True) failed on a fresh tokenizer).
+    tokenizer = GPT2TokenizerFast(tokenizer_object=bpe._tokenizer, bos_token=EOS_TOKEN, eos_token=EOS_TOKEN,
                                   unk_token=EOS_TOKEN)
     tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

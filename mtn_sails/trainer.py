@@ -25,7 +25,7 @@ from .tokenized import IGNORE_INDEX, TokenizedData, tokenize_records
 warnings.filterwarnings("ignore", message="mtime may not be reliable")
 
 # The same function as one fused kernel: GPT-2's gelu_new is the tanh approximation written as five Python
-# ops. Logits agree within 2e-6; the training step is 1.09x faster (BENCHMARKS.md "Training speed").
+# ops. Logits agree within 2e-6; a training step is 1.17x faster (BENCHMARKS.md "Training speed").
 FUSED_ACTIVATIONS = {"gelu_new": "gelu_pytorch_tanh"}
 
 

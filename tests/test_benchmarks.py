@@ -1,4 +1,4 @@
-"""The benchmark scripts keep running: train_speed.py in its smallest form, and run.py's bookkeeping."""
+"""The benchmark scripts keep running: train_speed.py and cpu_threads.py in their smallest forms, run.py's bookkeeping."""
 from __future__ import annotations
 
 import importlib.util
@@ -43,6 +43,23 @@ def test_train_speed_smallest_form_writes_its_figures(tmp_path):
     assert {"eval_s", "checkpoint_s", "share_of_epoch"} <= set(report["overheads"])
 
 
+@pytest.mark.slow
+def test_cpu_threads_smallest_form_times_every_setting_in_its_own_process(tmp_path):
+    out = tmp_path / "cpu_threads.json"
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "cpu_threads.py"), "--model-shape", "small",
+                           "--seq", "16", "--steps", "2", "--rounds", "1", "--busy", "0", "--json-out", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    settings = {(row["threads"], row["precision"]) for row in report["rows"]}
+    assert {(report["machine"]["torch_threads"], "fp32"), (1, "bf16")} <= settings
+    for row in report["rows"]:
+        assert len(row["step_s"]) == 1 and row["tokens_per_s"] > 0  # the warm-up step is left out
+    default_fp32 = [row for row in report["rows"] if row["threads"] == report["machine"]["torch_threads"]
+                    and row["precision"] == "fp32"]
+    assert default_fp32[0]["vs_default_fp32_same_load"] == 1.0
+
+
 def test_run_flattens_figures_and_lists_every_script():
     run = _load("run")
     figures: dict = {}
@@ -52,4 +69,4 @@ def test_run_flattens_figures_and_lists_every_script():
     scripts = {p.stem for p in (REPO / "benchmarks").glob("*.py")
                if 'if __name__ == "__main__":' in p.read_text(encoding="utf-8")} - {"run"}
     assert set(run.discover()) == scripts
-    assert {"train_speed", "tokenize_scale"} <= scripts
+    assert {"train_speed", "tokenize_scale", "cpu_threads"} <= scripts

@@ -148,6 +148,7 @@ def test_token_ids_match_the_tokenizer_call_whatever_the_tokenizer(tiny_model_di
     slow = AutoTokenizer.from_pretrained(tiny_model_dir, use_fast=False)
     for tokenizer in (fresh, loaded, truncating, slow):
         assert token_ids(tokenizer, TRICKY_TEXTS) == tokenizer(TRICKY_TEXTS, add_special_tokens=False)["input_ids"]
+    assert [len(ids) for ids in fresh(TRICKY_TEXTS[:2], truncation=True, max_length=2)["input_ids"]] == [2, 2]
 
 
 def test_tokenized_examples_are_stored_as_int32(tiny_model_dir, qa_file):
@@ -157,3 +158,19 @@ def test_tokenized_examples_are_stored_as_int32(tiny_model_dir, qa_file):
     data = tokenize(rows, None, AutoTokenizer.from_pretrained(tiny_model_dir), PromptTemplate(), 64)
     assert data.train.features["input_ids"].feature.dtype == "int32"
     assert data.train.features["labels"].feature.dtype == "int32"
+
+
+def test_a_second_session_on_the_same_data_reuses_the_tokenised_cache(tiny_model_dir, qa_file):
+    from transformers import AutoTokenizer
+
+    from mtn_sails.data import file_sha256
+
+    def tokenised(template=PromptTemplate(), max_length=64):
+        rows = records_dataset(qa_file, file_sha256(qa_file))  # what each session does, from the file
+        return tokenize(rows, None, AutoTokenizer.from_pretrained(tiny_model_dir), template, max_length).train
+
+    first = tokenised()
+    assert tokenised().cache_files == first.cache_files  # same data, tokenizer, template, length: no work
+    other_template = PromptTemplate(user="Q: {content}\nA: ")
+    for changed in (tokenised(max_length=32), tokenised(template=other_template)):
+        assert changed.cache_files != first.cache_files
