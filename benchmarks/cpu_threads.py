@@ -28,7 +28,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
-from machine import machine  # noqa: E402
+from machine import machine, write_json  # noqa: E402
 
 SHAPES = {"distilgpt2": dict(n_layer=6, n_embd=768, n_head=12), "small": dict(n_layer=4, n_embd=256, n_head=4)}
 VOCAB = 16000  # as train_speed's scratch tokenizer
@@ -145,8 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--steps must be at least 2 (the first is warm-up)")
     report = run(args)
     print_report(report)
-    if args.json_out:
-        Path(args.json_out).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    write_json(args.json_out, report)
     return 0
 
 

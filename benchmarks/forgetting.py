@@ -42,7 +42,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from mtn_sails import store  # noqa: E402
-from machine import machine, quiet_session  # noqa: E402
+from machine import machine, quiet_session, write_json  # noqa: E402
 from mtn_sails.config import TrainConfig  # noqa: E402
 from mtn_sails.template import PromptTemplate  # noqa: E402
 
@@ -312,8 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     m = result["machine"]
     print(f"\nmachine: {m['nproc']} CPUs, {m['cpu']}, device {m['device']}, torch {m['torch']}; "
           f"{result['wall_s']} s in all")
-    if args.json_out:
-        Path(args.json_out).write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.json_out, result)
     return 0
 
 

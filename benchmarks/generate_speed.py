@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import sys
@@ -40,6 +39,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+from machine import write_json  # noqa: E402
 
 from mtn_sails.config import ExportConfig  # noqa: E402
 from mtn_sails.exporter import export, quiet_exporters  # noqa: E402
@@ -319,8 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     report = run(args.quick)
     print()
     print(markdown(report))
-    if args.json_out:
-        Path(args.json_out).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    write_json(args.json_out, report)
     return 1 if not report["goal_met"] and not args.quick else 0  # a smoke run on a busy machine is not a verdict
 
 

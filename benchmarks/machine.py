@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import platform
 from pathlib import Path
@@ -35,3 +36,9 @@ def quiet_session(config, verbose: bool = False) -> dict:
     sink = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
     with sink:
         return train(config).session
+
+
+def write_json(path: str | None, report: dict) -> None:
+    """Write a benchmark's report as indented JSON when --json-out was given."""
+    if path:
+        Path(path).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

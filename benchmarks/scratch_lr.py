@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import shutil
 import sys
 import tempfile
@@ -28,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from machine import machine, quiet_session  # noqa: E402
+from machine import machine, quiet_session, write_json  # noqa: E402
 from mtn_sails.config import TrainConfig  # noqa: E402
 
 RATES = (5e-5, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2)
@@ -130,8 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     m = figures["machine"]
     print(f"\nmachine: {m['nproc']} CPUs, {m['cpu']}, device {m['device']}, torch {m['torch']}; "
           f"{figures['wall_s']} s in all")
-    if args.json_out:
-        Path(args.json_out).write_text(json.dumps(figures, indent=2) + "\n")
+    write_json(args.json_out, figures)
     return 0
 
 

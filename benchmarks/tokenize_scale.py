@@ -33,6 +33,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+from machine import write_json  # noqa: E402
 DEFAULT_SIZES = (100_000, 300_000, 1_000_000)
 FLAT_RSS_RATIO = 1.5  # "flat": the largest file's peak RSS within 1.5x of the smallest's
 
@@ -281,8 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         args.records = [10_000, 30_000]
     report = run(args)
     print_report(report)
-    if args.json_out:
-        Path(args.json_out).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    write_json(args.json_out, report)
     return 0
 
 

@@ -63,7 +63,7 @@ from typing import Any, Callable
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
-from machine import cpu_model  # noqa: E402
+from machine import cpu_model, write_json  # noqa: E402
 REALDATA = REPO.parent / "shared" / "realdata"
 PAIRS_FILE = REALDATA / "alpaca_en_demo.json"
 TEXT_FILE = REALDATA / "c4_demo.jsonl"
@@ -712,8 +712,7 @@ def main(argv: list[str] | None = None) -> int:
     args.levers = (not args.quick) if args.levers is None else args.levers
     report = run(args)
     print_report(report)
-    if args.json_out:
-        Path(args.json_out).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    write_json(args.json_out, report)
     return 0
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import cpu_model  # noqa: E402
+from machine import cpu_model, write_json  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 GOAL_SECONDS = 60.0
@@ -146,8 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"peak RSS       {figures['peak_rss_mb']} MB  (goal < {GOAL_RSS_MB:.0f} MB)")
     print(f"report         score {figures['score']}, findings {figures['findings']}")
     print(f"machine        {figures['nproc']} CPUs, {figures['cpu']}, Python {figures['python']}")
-    if args.json_out:
-        Path(args.json_out).write_text(json.dumps(figures, indent=2) + "\n")
+    write_json(args.json_out, figures)
     missed = figures["wall_s"] >= GOAL_SECONDS or figures["peak_rss_mb"] >= GOAL_RSS_MB
     return 1 if missed and args.records >= 1_000_000 else 0
 
