@@ -13,6 +13,7 @@ DEFAULT_ONNX_OUTPUT = "./onnx_model"
 SCRATCH_SIZES = ("tiny", "small", "base")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+FP16_NEEDS_CUDA = "--precision fp16 needs a CUDA device; on the CPU use bf16 or fp32"
 
 
 def option(help: str, **argparse_kwargs: Any) -> Any:
@@ -78,8 +79,7 @@ class TrainConfig:
         _require(0 <= self.eval_split < 0.5, f"--eval-split must be in [0, 0.5), got {self.eval_split}")
         _require(0 <= self.replay < 1, f"--replay must be in [0, 1), got {self.replay}")
         _require(self.save_steps >= 0, "--save-steps must be 0 or positive")
-        _require(not (self.precision == "fp16" and self.device == "cpu"),
-                 "--precision fp16 needs a CUDA device; on the CPU use bf16 or fp32")
+        _require(not (self.precision == "fp16" and self.device == "cpu"), FP16_NEEDS_CUDA)
         if self.learning_rate is not None:
             _require(0 < self.learning_rate < 1, f"--learning-rate must be in (0, 1), got {self.learning_rate}")
 

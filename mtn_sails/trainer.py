@@ -15,6 +15,7 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments, default_data_collator
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
+from .config import FP16_NEEDS_CUDA
 from .console import say
 from .data import Record
 from .errors import InputError
@@ -114,7 +115,7 @@ def precision_for(device: str, requested: str = "auto") -> str:
             return "fp32"
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     if requested == "fp16" and not on_cuda:
-        raise InputError("--precision fp16 needs a CUDA device; on the CPU use bf16 or fp32")
+        raise InputError(FP16_NEEDS_CUDA)  # --device auto on a machine without CUDA
     if requested == "bf16" and on_cuda and not torch.cuda.is_bf16_supported():
         raise InputError("--precision bf16 is not supported by this GPU; use fp16 or fp32")
     if requested == "bf16" and not on_cuda and not cpu_has_native_bf16():

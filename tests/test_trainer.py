@@ -174,3 +174,12 @@ def test_a_second_session_on_the_same_data_reuses_the_tokenised_cache(tiny_model
     other_template = PromptTemplate(user="Q: {content}\nA: ")
     for changed in (tokenised(max_length=32), tokenised(template=other_template)):
         assert changed.cache_files != first.cache_files
+
+
+def test_precision_on_the_cpu_is_fp32_unless_bf16_is_asked_for_and_fp16_is_refused():
+    from mtn_sails.trainer import precision_for
+
+    assert precision_for("cpu") == "fp32" and precision_for("cpu", "fp32") == "fp32"
+    assert precision_for("cpu", "bf16") == "bf16"
+    with pytest.raises(InputError, match="fp16 needs a CUDA device"):
+        precision_for("cpu", "fp16")
