@@ -76,3 +76,17 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600, env: dict |
     full_env = {**os.environ, "PYTHONIOENCODING": "utf-8", **(env or {})}
     return subprocess.run([sys.executable, str(REPO / "main.py"), *args], cwd=cwd, capture_output=True,
                           text=True, timeout=timeout, env=full_env)
+
+
+@pytest.fixture(scope="session")
+def exported(tiny_model_dir, tmp_path_factory):
+    """(trained dir, ONNX dir, ExportResult) of one real export with --quantize; read-only for tests."""
+    from mtn_sails.config import ExportConfig
+    from mtn_sails.exporter import export
+
+    root = tmp_path_factory.mktemp("export")
+    trained = root / "trained_model"
+    shutil.copytree(tiny_model_dir, trained)
+    onnx_dir = root / "onnx_model"
+    result = export(ExportConfig(output_dir=str(trained), onnx_output=str(onnx_dir), quantize=True))
+    return trained, onnx_dir, result

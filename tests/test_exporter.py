@@ -32,17 +32,6 @@ def leftovers(onnx_dir: Path) -> list[str]:
                   if p.name.startswith(f".{onnx_dir.name}.") and not p.name.endswith(".lock"))
 
 
-@pytest.fixture(scope="module")
-def exported(tiny_model_dir, tmp_path_factory):
-    """(trained dir, ONNX dir, ExportResult) of one real export with --quantize."""
-    root = tmp_path_factory.mktemp("export")
-    trained = root / "trained_model"
-    shutil.copytree(tiny_model_dir, trained)
-    onnx_dir = root / "onnx_model"
-    result = export(ExportConfig(output_dir=str(trained), onnx_output=str(onnx_dir), quantize=True))
-    return trained, onnx_dir, result
-
-
 def test_export_passes_parity_with_a_small_difference(exported):
     _, onnx_dir, result = exported
     assert result.onnx_dir == onnx_dir

@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
-from mtn_sails.config import ExportConfig, GenerateConfig
+from mtn_sails.config import GenerateConfig
 from mtn_sails.errors import InputError
-from mtn_sails.exporter import export
 from mtn_sails.generate import (OnnxDecoder, TextStreamer, TorchDecoder, decode, generate, load_tokenizer,
                                 load_torch_model, onnx_session, pick_token)
 from mtn_sails.template import PromptTemplate
@@ -21,13 +20,9 @@ PROMPTS = ["What is a variable?", "What is HTTP?", "Tell me about loops and list
 
 
 @pytest.fixture(scope="module")
-def models(tiny_model_dir, tmp_path_factory):
-    """(trained dir, ONNX dir): the tiny model and its export."""
-    root = tmp_path_factory.mktemp("generate")
-    trained = root / "trained_model"
-    shutil.copytree(tiny_model_dir, trained)
-    onnx_dir = root / "onnx_model"
-    export(ExportConfig(output_dir=str(trained), onnx_output=str(onnx_dir)))
+def models(exported):
+    """(trained dir, ONNX dir): the tiny model and its export (shared with test_exporter.py)."""
+    trained, onnx_dir, _ = exported
     return trained, onnx_dir
 
 
