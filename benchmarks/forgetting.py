@@ -4,7 +4,7 @@
     python benchmarks/forgetting.py --quick                 # smoke test: 3 min on a 16-core CPU
     python benchmarks/forgetting.py --json-out forgetting.json
 
-A small GPT-2 is first pre-trained on shared/realdata/c4_demo.jsonl with `--model-name scratch`, so it
+A small GPT-2 is first pre-trained on tests/data/c4_demo.jsonl with `--model-name scratch`, so it
 behaves like a pretrained base (its history says scratch). Three sessions then teach it disjoint sets
 of invented facts (question -> short answer no model can know beforehand, generated from --seed).
 Session 1 is trained once, from a copy of the pretrained model; each arm continues a copy of that
@@ -46,7 +46,7 @@ from machine import machine, quiet_session, write_json  # noqa: E402
 from mtn_sails.config import TrainConfig  # noqa: E402
 from mtn_sails.template import PromptTemplate  # noqa: E402
 
-C4 = REPO.parent / "shared" / "realdata" / "c4_demo.jsonl"
+C4 = REPO / "tests" / "data" / "c4_demo.jsonl"
 CONTINUE_RATIO = 5  # the guide's 5e-5 -> 1e-5
 RECALL_GOAL = 0.9  # session-1 recall after three sessions, as a fraction of its value right after session 1
 PRETRAINING_SESSIONS = 1  # history session numbers of the fact sessions start after it

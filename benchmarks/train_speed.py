@@ -9,12 +9,12 @@ copy of one randomly initialised GPT-2 (GPT2Config n_positions=1024, shape from 
 byte-level BPE tokenizer trained here by `mtn_sails.scratch.train_tokenizer` on both data files (target
 vocabulary --vocab-size; the size reached is reported, it sets the LM head's FLOPs):
 
-  pairs/plain  shared/realdata/alpaca_en_demo.json rendered with the product's template, tokenised with
+  pairs/plain  tests/data/alpaca_en_demo.json rendered with the product's template, tokenised with
                padding="max_length", truncation=True, max_length=512; DataCollatorForLanguageModeling(mlm=False);
                Trainer defaults (random sampler, no group_by_length): what tutorials teach
   pairs/sails  `tokenized.tokenize` + `trainer.run_training` (dynamic padding, group_by_length), the model's
                config through `trainer.use_fused_activation` as a session loads it (gelu_new -> gelu_pytorch_tanh)
-  text/plain   shared/realdata/c4_demo.jsonl, the same padded recipe (long documents truncated)
+  text/plain   tests/data/c4_demo.jsonl, the same padded recipe (long documents truncated)
   text/sails   the same text through `tokenize` + `run_training`: packed into full blocks of 512
   levers/...   (not with --quick or --no-levers; a phase of its own, --lever-steps) pairs/sails again, and
                with one change each, every arm on the same batches: +unfused (gelu_new as the base
@@ -64,7 +64,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 from machine import cpu_model, write_json  # noqa: E402
-REALDATA = REPO.parent / "shared" / "realdata"
+REALDATA = REPO / "tests" / "data"
 PAIRS_FILE = REALDATA / "alpaca_en_demo.json"
 TEXT_FILE = REALDATA / "c4_demo.jsonl"
 

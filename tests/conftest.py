@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-REALDATA = REPO.parent / "shared" / "realdata"
+REALDATA = REPO / "tests" / "data"  # real public files carried with the project (tests/data/README.md)
 EXAMPLES = REPO / "examples"
 
 QA_PAIRS = [
@@ -42,9 +42,8 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     from mtn_sails.template import PromptTemplate
 
     texts = [f"{q} {a}" for q, a in QA_PAIRS] * 4
-    if (REALDATA / "c4_demo.jsonl").exists():
-        with open(REALDATA / "c4_demo.jsonl", encoding="utf-8") as handle:
-            texts += [json.loads(line)["text"] for line, _ in zip(handle, range(60))]
+    with open(REALDATA / "c4_demo.jsonl", encoding="utf-8") as handle:
+        texts += [json.loads(line)["text"] for line, _ in zip(handle, range(60))]
     model, tokenizer = build_scratch_model(texts, size="tiny", max_length=128, seed=0)
     model.config.activation_function = "gelu_new"  # distilgpt2's, the same function unfused: loads switch it
     directory = tmp_path_factory.mktemp("tiny_base") / "tiny-gpt2"

@@ -20,7 +20,7 @@ from mtn_sails.quality import (CHECKS, ERROR_SCORE_CAP, MIN_RECORDS, Finding, Qu
                                format_report, near_duplicate_key, print_report, score, validate_file)
 
 REPO = Path(__file__).resolve().parents[1]
-REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
+REALDATA = Path(__file__).resolve().parent / "data"
 WORDS = ("apple river stone cloud garden window engine ladder forest candle mirror basket violin planet "
          "harbor lantern meadow pepper rocket saddle tunnel velvet walnut yogurt anchor bridge castle "
          "dragon falcon glacier hammer island jungle kettle lemon marble needle orchard pillow quartz").split()
