@@ -23,8 +23,9 @@ from .console import say
 from .detector import check_weights_readable, inspect_model_dir
 from .errors import InputError, ParityError
 from .history import FORGETTING_FILE, LOSS_CURVE_FILE
-from .generate import (ONNX_FILE, QUANTIZED_ONNX_FILE, OnnxDecoder, TorchDecoder, context_length,
-                       load_tokenizer, load_torch_model, onnx_session)
+from .decoders import OnnxDecoder, TorchDecoder, load_torch_model
+from .model_files import context_length, first_line, load_tokenizer
+from .onnx_runtime import ONNX_FILE, QUANTIZED_ONNX_FILE, onnx_session
 from .template import TEMPLATE_FILE, PromptTemplate
 
 TASK = "text-generation-with-past"  # one decoder graph with KV-cache inputs (past length 0 on the first step)
@@ -116,11 +117,6 @@ def quiet_exporters() -> Iterator[None]:
             logger.setLevel(level)
 
 
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
-
-
 def export_onnx(model_dir: Path, target: Path) -> None:
     """optimum's export of `model_dir` (fp32, KV cache) into the existing directory `target`."""
     from optimum.exporters.onnx import main_export
@@ -133,7 +129,7 @@ def export_onnx(model_dir: Path, target: Path) -> None:
                         device="cpu", dtype="fp32", do_validation=False, local_files_only=True,
                         trust_remote_code=False)
     except (OSError, ValueError, KeyError, RuntimeError, NotImplementedError) as error:
-        raise InputError(f"optimum could not export {model_dir} to ONNX ({_first_line(error)})") from None
+        raise InputError(f"optimum could not export {model_dir} to ONNX ({first_line(error)})") from None
     if not (target / ONNX_FILE).is_file():
         raise InputError(f"optimum wrote no {ONNX_FILE} for {model_dir}")
 

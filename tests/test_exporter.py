@@ -12,7 +12,7 @@ from mtn_sails.cli import main
 from mtn_sails.config import ExportConfig
 from mtn_sails.errors import EXIT_PARITY, EXIT_UNUSABLE_INPUT, InputError, ParityError
 from mtn_sails.exporter import (PARITY_PROMPTS, PARITY_STEPS, PARITY_TOLERANCE, check_parity, export)
-from mtn_sails.generate import ONNX_FILE, QUANTIZED_ONNX_FILE
+from mtn_sails.onnx_runtime import ONNX_FILE, QUANTIZED_ONNX_FILE
 from mtn_sails.template import TEMPLATE_FILE
 
 pytestmark = pytest.mark.slow
@@ -170,11 +170,22 @@ def test_parity_report_rejects_nan():
 
 def test_generate_int8_reads_the_quantized_model(exported, capsys):
     from mtn_sails.cli import main
+    from mtn_sails.config import GenerateConfig
+    from mtn_sails.decoders import OnnxDecoder
+    from mtn_sails.generate import load_decoder
+    from mtn_sails.onnx_runtime import onnx_session
 
     _, onnx_dir, _ = exported
     assert main(["generate", "--onnx-output", str(onnx_dir), "--prompt", "What is SQL?", "--int8",
                  "--max-new-tokens", "5"]) == 0
     assert "onnxruntime" in capsys.readouterr().err
+    # The decoder --int8 loads gives the quantised file's logits, which differ from fp32's.
+    ids = np.array([[5, 17, 42, 8]], dtype=np.int64)
+    int8 = load_decoder(GenerateConfig(prompt="x", onnx_output=str(onnx_dir), int8=True)).forward(ids)
+    fp32 = load_decoder(GenerateConfig(prompt="x", onnx_output=str(onnx_dir))).forward(ids)
+    for logits, name in ((int8, QUANTIZED_ONNX_FILE), (fp32, ONNX_FILE)):
+        np.testing.assert_allclose(logits, OnnxDecoder(onnx_session(onnx_dir / name)).forward(ids), atol=1e-6)
+    assert np.abs(int8 - fp32).max() > 1e-4
     (onnx_dir.parent / "no_int8").mkdir()
     shutil.copy(onnx_dir / ONNX_FILE, onnx_dir.parent / "no_int8" / ONNX_FILE)
     assert main(["generate", "--onnx-output", str(onnx_dir.parent / "no_int8"), "--prompt", "Hi", "--int8"]) == 2

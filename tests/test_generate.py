@@ -3,15 +3,19 @@ from __future__ import annotations
 
 import io
 import shutil
+import subprocess
+import sys
 
-import numpy as np
 import pytest
 
-from conftest import run_cli
+from conftest import REPO, run_cli
 from mtn_sails.config import GenerateConfig
+from mtn_sails.decoders import OnnxDecoder, TorchDecoder, load_torch_model
 from mtn_sails.errors import InputError
-from mtn_sails.generate import (OnnxDecoder, TextStreamer, TorchDecoder, decode, generate, load_tokenizer,
-                                load_torch_model, onnx_session, pick_token)
+from mtn_sails.generate import generate
+from mtn_sails.model_files import load_tokenizer
+from mtn_sails.onnx_runtime import ONNX_FILE, onnx_session
+from mtn_sails.sampling import decode
 from mtn_sails.template import PromptTemplate
 
 pytestmark = pytest.mark.slow
@@ -51,7 +55,7 @@ def test_greedy_token_ids_are_identical_on_both_backends(models):
     trained, onnx_dir = models
     tokenizer = AutoTokenizer.from_pretrained(onnx_dir)
     ids = tokenizer(PromptTemplate.load(onnx_dir).prompt("What is CSS?"))["input_ids"]
-    onnx_tokens = decode(OnnxDecoder(onnx_session(onnx_dir / "model.onnx")), ids, 60, eos_token_id=None)
+    onnx_tokens = decode(OnnxDecoder(onnx_session(onnx_dir / ONNX_FILE)), ids, 60, eos_token_id=None)
     torch_tokens = decode(TorchDecoder(load_torch_model(trained)), ids, 60, eos_token_id=None)
     assert onnx_tokens.token_ids == torch_tokens.token_ids
     assert len(onnx_tokens.token_ids) == 60
@@ -80,7 +84,7 @@ def test_the_stored_template_is_applied_unless_raw(models, tmp_path):
 
     templated = generate(GenerateConfig(**config), stream=io.StringIO())
     assert templated.prompt_tokens == len(tokenizer("Q: What is a list?\nA:")["input_ids"])
-    expected = decode(OnnxDecoder(onnx_session(custom / "model.onnx")),
+    expected = decode(OnnxDecoder(onnx_session(custom / ONNX_FILE)),
                       tokenizer("Q: What is a list?\nA:")["input_ids"], 10, tokenizer.eos_token_id)
     assert templated.new_tokens == len(expected.token_ids)
 
@@ -104,44 +108,36 @@ def test_sampling_with_a_seed_is_reproducible(models):
 def test_generation_stops_at_eos(models):
     """Declaring the model's first greedy token as eos makes decoding stop before emitting anything."""
     trained, onnx_dir = models
-    decoder = OnnxDecoder(onnx_session(onnx_dir / "model.onnx"))
+    decoder = OnnxDecoder(onnx_session(onnx_dir / ONNX_FILE))
     ids = [5, 6, 7, 8]
     first = decode(decoder, ids, 3, eos_token_id=None).token_ids[0]
     stopped = decode(decoder, ids, 3, eos_token_id=first)
     assert stopped.token_ids == [] and stopped.stopped_at_eos
 
 
-def test_pick_token_greedy_and_nucleus():
-    logits = np.array([0.0, 3.0, 1.0, 2.9], dtype=np.float32)
-    rng = np.random.default_rng(0)
-    assert pick_token(logits, 0.0, 1.0, rng) == 1
-    assert all(pick_token(logits, 1.0, 1e-6, rng) == 1 for _ in range(20))  # nucleus of one token
-    draws = {pick_token(logits, 1.0, 0.9, rng) for _ in range(200)}
-    assert draws <= {1, 3, 2} and {1, 3} <= draws
-
-
 def test_tokenizer_matches_transformers_without_importing_it(models):
     from transformers import AutoTokenizer
 
     onnx_dir = models[1]
+    # A fresh process proves the "without": the tokenizer and a whole ONNX generate leave torch and
+    # transformers out of sys.modules.
+    script = ("import io, sys\n"
+              "from mtn_sails.config import GenerateConfig\n"
+              "from mtn_sails.generate import generate\n"
+              "from mtn_sails.model_files import load_tokenizer\n"
+              f"load_tokenizer({str(onnx_dir)!r}, '--onnx-output').encode('What is a loop?')\n"
+              f"generate(GenerateConfig(prompt='What is SQL?', onnx_output={str(onnx_dir)!r}, max_new_tokens=3),\n"
+              "         stream=io.StringIO())\n"
+              "print(sorted(name for name in ('torch', 'transformers') if name in sys.modules))\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
     ours, theirs = load_tokenizer(onnx_dir, "--onnx-output"), AutoTokenizer.from_pretrained(onnx_dir)
     assert ours.eos_token_id == theirs.eos_token_id
     for text in ("What is a variable?", "  two  spaces\nand a line", "Sails 🌊 naïve ⛵", "a<|endoftext|>b"):
         ids = ours.encode(text)
         assert ids == theirs(text, add_special_tokens=False)["input_ids"]
         assert ours.decode(ids) == theirs.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-
-
-def test_streamer_never_writes_half_a_character(models):
-    tokenizer = load_tokenizer(models[1], "--onnx-output")
-    text = "Sails 🌊 naïve ⛵ done"
-    stream = io.StringIO()
-    streamer = TextStreamer(tokenizer, stream)
-    for token in tokenizer.encode(text):
-        streamer.put(token)
-        assert "\ufffd" not in stream.getvalue()
-    assert streamer.end() == text
-    assert stream.getvalue() == text + "\n"
 
 
 def test_prompt_longer_than_the_context_is_a_clear_error(models):

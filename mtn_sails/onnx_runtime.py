@@ -1,0 +1,29 @@
+"""onnxruntime in one place: where an export keeps its graphs and the CPU session generate and export open."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ONNX_FILE = "model.onnx"  # optimum's name for the (fp32) model with KV cache
+QUANTIZED_ONNX_FILE = "model_quantized.onnx"  # the int8 model, optimum's name for it too
+
+
+def physical_cores() -> int:
+    """CPU cores this process may use, hyper-threads not counted (the right intra-op thread count)."""
+    import psutil
+
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(usable, psutil.cpu_count(logical=False) or usable))
+
+
+def onnx_session(model_path: str | Path, threads: int | None = None):
+    """An onnxruntime CPU session with the settings benchmarks/generate_speed.py found fastest."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # One thread per physical core: +30-50% over one thread in BENCHMARKS.md ("Generation speed
+    # (CPU)"); hyper-threads share a core's memory bandwidth and vector units, so they are not counted.
+    options.intra_op_num_threads = threads or physical_cores()
+    options.log_severity_level = 3  # errors only: ORT's graph-optimiser notes are not for users
+    return ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])

@@ -1,0 +1,42 @@
+"""onnx_runtime: the one place sessions are made, and what generate does without onnxruntime."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+from mtn_sails.onnx_runtime import ONNX_FILE, onnx_session, physical_cores
+
+
+def test_physical_cores_is_a_usable_thread_count():
+    assert 1 <= physical_cores() <= (os.cpu_count() or 1)
+
+
+@pytest.mark.slow
+def test_session_runs_on_the_cpu_with_the_threads_asked_for(exported):
+    _, onnx_dir, _ = exported
+    session = onnx_session(onnx_dir / ONNX_FILE, threads=1)
+    assert session.get_providers() == ["CPUExecutionProvider"]
+    assert session.get_session_options().intra_op_num_threads == 1
+    assert onnx_session(onnx_dir / ONNX_FILE).get_session_options().intra_op_num_threads == physical_cores()
+
+
+@pytest.mark.slow
+def test_generate_without_onnxruntime_says_the_package_is_missing_not_to_re_export(exported):
+    """A missing package escapes as ModuleNotFoundError (the CLI names it), never 'cannot load, re-export'."""
+    _, onnx_dir, _ = exported
+    script = (
+        "import io, sys\n"
+        "sys.modules['onnxruntime'] = None  # as if it were not installed\n"
+        "from mtn_sails.config import GenerateConfig\n"
+        "from mtn_sails.generate import generate\n"
+        "try:\n"
+        f"    generate(GenerateConfig(prompt='hi', onnx_output={str(onnx_dir)!r}), stream=io.StringIO())\n"
+        "except ModuleNotFoundError as error:\n"
+        "    print('missing', error.name)\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "missing onnxruntime"
