@@ -10,16 +10,58 @@ the user sees the previous model. Any other crash leaves NAME untouched.
 """
 from __future__ import annotations
 
-import errno
-import fcntl
 import os
 import shutil
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from .errors import InputError, LockedError
+from filelock import FileLock, Timeout
+
+from .errors import InputError, LockedError, SailsError
+
+
+@dataclass(frozen=True)
+class OsRules:
+    """What the store may rely on from the operating system (chosen by `os.name`)."""
+
+    fsync_directories: bool  # whether a directory can be opened and fsynced to make renames in it durable
+    fsync_file_flags: int  # how a file is opened to fsync it
+    unlink_lock_while_held: bool  # whether the store deletes the lock file itself, before unlocking
+    open_files_block_renames: bool  # whether a directory holding a file open elsewhere can be renamed
+
+    @property
+    def rename_attempts(self) -> int:
+        """Tries of one rename: where open files block it, a scanner's brief hold is waited out (1.6 s)."""
+        return 6 if self.open_files_block_renames else 1
+
+
+def os_rules(os_name: str = os.name) -> OsRules:
+    """The store's rules for `os_name` ('posix' or 'nt')."""
+    if os_name == "nt":
+        return OsRules(
+            # A directory cannot be opened as a file descriptor on Windows (os.open raises), so it cannot be
+            # fsynced; NTFS journals its metadata, so a rename survives a crash whole or not at all, which
+            # is what the swap needs (recover() handles both outcomes).
+            fsync_directories=False,
+            # os.fsync is FlushFileBuffers there, which needs a handle opened for writing.
+            fsync_file_flags=os.O_RDWR,
+            # An open file cannot be deleted on Windows; filelock deletes the lock file after closing it,
+            # and its open refuses a file pending deletion, so no one locks a file that is going away.
+            unlink_lock_while_held=False,
+            # A directory holding a file another program has open (a virus scanner reading a file just
+            # written, `generate` reading the model) cannot be renamed; a scanner lets go within a second.
+            open_files_block_renames=True,
+        )
+    # POSIX: fsync of a directory makes the renames in it durable; a read-only descriptor can be fsynced;
+    # a file can be deleted while it is open and locked; a rename does not care about open files.
+    return OsRules(fsync_directories=True, fsync_file_flags=os.O_RDONLY, unlink_lock_while_held=True,
+                   open_files_block_renames=False)
+
+
+RULES = os_rules()
 
 
 def sibling(target: str | Path, purpose: str) -> Path:
@@ -30,21 +72,48 @@ def sibling(target: str | Path, purpose: str) -> Path:
 
 def _fsync_tree(directory: Path) -> None:
     for path in sorted(directory.rglob("*"), reverse=True):
-        flags = os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0)
-        descriptor = os.open(path, flags)
-        try:
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
+        if path.is_dir():
+            _fsync_dir(path)
+        else:
+            descriptor = os.open(path, RULES.fsync_file_flags)
+            try:
+                os.fsync(descriptor)
+            finally:
+                os.close(descriptor)
     _fsync_dir(directory)
 
 
 def _fsync_dir(directory: Path) -> None:
+    if not RULES.fsync_directories:
+        return
     descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
+
+
+def _rename(source: Path, destination: Path) -> None:
+    """os.rename of a directory to a name that does not exist, waiting out a brief sharing violation.
+
+    Never a rename over an existing directory: POSIX allows it only onto an empty one, Windows not at all,
+    so every swap frees the name first (the two-rename path).
+    """
+    for attempt in range(RULES.rename_attempts):
+        try:
+            os.rename(source, destination)
+            return
+        except PermissionError:
+            if attempt + 1 == RULES.rename_attempts:
+                raise
+            time.sleep(0.05 * 2 ** attempt)  # 0.05 s doubling: 1.6 s in all
+
+
+def _cannot_replace(target: Path, error: PermissionError) -> SailsError:
+    if RULES.open_files_block_renames:
+        return LockedError(f"cannot replace {target}: another program has a file in it open; close it and "
+                           "run again (the previous version is unchanged)")
+    return InputError(f"cannot replace {target}: {error.strerror or error} (the previous version is unchanged)")
 
 
 def recover(target: str | Path) -> str | None:
@@ -56,7 +125,7 @@ def recover(target: str | Path) -> str | None:
     if target.exists():
         shutil.rmtree(old)
         return f"removed the leftover of a completed update ({old})"
-    os.rename(old, target)
+    _rename(old, target)
     _fsync_dir(target.parent)
     return f"restored {target} from an interrupted update"
 
@@ -82,14 +151,24 @@ def replace_directory(new: str | Path, target: str | Path, keep_old_as: Path | N
         shutil.rmtree(old)
     had_target = target.exists()
     if had_target:
-        os.rename(target, old)
-    os.rename(new, target)
+        try:
+            _rename(target, old)
+        except PermissionError as error:  # nothing has changed yet
+            raise _cannot_replace(target, error) from None
+    try:
+        _rename(new, target)
+    except OSError:
+        if had_target:  # undo step 2 now; were this to fail too, recover() restores it at the next start
+            _rename(old, target)
+        raise
     _fsync_dir(target.parent)
     if had_target:
         if keep_old_as is not None:
-            os.rename(old, keep_old_as)
+            _rename(old, keep_old_as)
         else:
-            shutil.rmtree(old)
+            # The swap is done: a file another program holds open (Windows) only delays the cleanup,
+            # and recover() removes a leftover `.NAME.old` at the next start.
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def fresh_staging(target: str | Path, purpose: str = "staging") -> Path:
@@ -101,33 +180,88 @@ def fresh_staging(target: str | Path, purpose: str = "staging") -> Path:
     return staging
 
 
+_HOLDER_OFFSET = 1  # the holder's text starts after byte 0, the byte Windows' LockFileEx locks (unreadable to others)
+_LOCK_ATTEMPTS = 5  # a holder that releases while we open its file is waited for, not reported as a session
+
+
+class _LockFileReplaced(Exception):
+    """The file we locked is no longer the one at the lock path (its holder deleted it on release)."""
+
+
+def _same_file(descriptor: int, path: Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(descriptor), os.stat(path))
+    except OSError:
+        return False
+
+
+def _lock_holder(lock_path: Path) -> str:
+    try:
+        with open(lock_path, "rb") as handle:
+            handle.seek(_HOLDER_OFFSET)
+            return handle.read(200).decode("utf-8", "replace").strip() or "another process"
+    except OSError:
+        return "another process"
+
+
+def _acquire(target: Path, lock_path: Path) -> tuple[FileLock, int]:
+    """Lock `lock_path` at once or raise LockedError; returns the lock and its file descriptor."""
+    held: list[int] = []
+
+    def claim(descriptor: int) -> None:
+        # Locking the file of a holder that deleted it on release would lock nothing: start again.
+        if not _same_file(descriptor, lock_path):
+            raise _LockFileReplaced
+        os.lseek(descriptor, 0, os.SEEK_SET)
+        os.ftruncate(descriptor, 0)
+        os.write(descriptor, b"\n" + f"pid {os.getpid()}".encode())
+        held.append(descriptor)
+
+    for attempt in range(_LOCK_ATTEMPTS):
+        if attempt:
+            time.sleep(0.02)
+        # fallback_to_soft=False: a soft (existence) lock would survive a kill -9 and block every later session.
+        lock = FileLock(lock_path, timeout=0, thread_local=False, fallback_to_soft=False, on_acquired=claim)
+        try:
+            lock.acquire()
+        except (_LockFileReplaced, Timeout):  # Timeout before OSError: it is a TimeoutError
+            continue
+        except OSError as error:
+            raise InputError(f"{lock_path}: cannot lock ({error.strerror or error})") from None
+        return lock, held[0]
+    raise LockedError(f"{target} is in use by another session ({_lock_holder(lock_path)}); "
+                      "wait for it to finish")
+
+
+def _release(lock: FileLock, descriptor: int, lock_path: Path) -> None:
+    try:
+        # Deleted while still held, so a session that opened the same file meanwhile finds it gone
+        # (claim() above) instead of locking a file no longer at the path.
+        if RULES.unlink_lock_while_held and _same_file(descriptor, lock_path):
+            lock_path.unlink()
+    except OSError:
+        pass  # a lock file left behind locks nothing: the next session takes it over
+    finally:
+        lock.release()  # on Windows filelock deletes the file after closing it
+
+
 @contextmanager
 def locked(target: str | Path) -> Iterator[Path]:
-    """Hold the one-session-per-directory lock of `target` (an OS lock: it dies with the process)."""
+    """Hold the one-session-per-directory lock of `target` (an OS lock: it dies with the process).
+
+    The lock file `.NAME.lock` exists only while a session holds it.
+    """
     target = Path(target)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise InputError(f"{target.parent}: cannot create ({error.strerror or error})") from None
     lock_path = sibling(target, "lock")
-    handle = open(lock_path, "a+")
+    lock, descriptor = _acquire(target, lock_path)
     try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as error:
-            if error.errno not in (errno.EAGAIN, errno.EACCES):
-                raise
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            raise LockedError(f"{target} is in use by another session ({holder}); "
-                              "wait for it to finish") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()}")
-        handle.flush()
         yield target
     finally:
-        handle.close()
+        _release(lock, descriptor, lock_path)
 
 
 HELD_OUT_DIR = "held_out"  # one JSONL per session: records never trained on, re-evaluated every session
