@@ -122,7 +122,8 @@ def check_weights_readable(model_path: str | Path) -> None:
 def has_onnx_model(path: str | Path) -> bool:
     """True when the directory holds an exported ONNX model."""
     path = Path(path)
-    return path.is_dir() and any(path.glob("*.onnx"))
+    # graphs under onnx/ (the layout transformers.js loads), or at the root (exports before it)
+    return path.is_dir() and (any(path.glob("onnx/*.onnx")) or any(path.glob("*.onnx")))
 
 
 def _origin(trained_model_dir: Path) -> str | None:
