@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import InputError
+from .shapes import PREFERENCE_SIDES
 
 DEFAULT_MODEL_NAME = "distilgpt2"
 SCRATCH_MODEL_NAME = "scratch"  # a fresh GPT-2 with a tokenizer trained on the session's data
@@ -14,6 +15,8 @@ SCRATCH_SIZES = ("tiny", "small", "base")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 FP16_NEEDS_CUDA = "--precision fp16 needs a CUDA device; on the CPU use bf16 or fp32"
+PREFERENCE_HELP = ("train preference data (chosen/rejected; KTO true/false labels) on its chosen side; "
+                   "without it such records are refused")
 
 
 def option(help: str, **argparse_kwargs: Any) -> Any:
@@ -27,6 +30,11 @@ def _require(condition: bool, message: str) -> None:
         raise InputError(message)
 
 
+def _require_preference(side: str | None) -> None:
+    _require(side is None or side in PREFERENCE_SIDES,
+             f"--preference-as must be one of {', '.join(PREFERENCE_SIDES)}, got {side!r}")
+
+
 @dataclass
 class ValidateConfig:
     """Options of `validate`."""
@@ -35,9 +43,11 @@ class ValidateConfig:
     max_length: int = option("token budget per example; longer records get a warning", default=512)
     strict: bool = option("fail (exit 3) on warnings too", default=False)
     json: bool = option("print the report as JSON", default=False)
+    preference_as: str | None = option(PREFERENCE_HELP, choices=PREFERENCE_SIDES)
 
     def __post_init__(self) -> None:
         _require(self.max_length > 0, f"--max-length must be positive, got {self.max_length}")
+        _require_preference(self.preference_as)
 
 
 @dataclass
@@ -70,9 +80,11 @@ class TrainConfig:
                             default="auto", choices=PRECISIONS)
     save_steps: int = option("steps between resumable checkpoints (0: once per epoch, at most "
                              "10 per session)", default=0)
+    preference_as: str | None = option(PREFERENCE_HELP, choices=PREFERENCE_SIDES)
 
     def __post_init__(self) -> None:
         _require(self.epochs > 0, f"--epochs must be positive, got {self.epochs}")
+        _require_preference(self.preference_as)
         _require(self.batch_size > 0, f"--batch-size must be positive, got {self.batch_size}")
         _require(self.gradient_accumulation_steps > 0, "--gradient-accumulation-steps must be positive")
         _require(self.max_length >= 8, f"--max-length must be at least 8, got {self.max_length}")

@@ -8,14 +8,14 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from . import console
-from .data import RecordError, scan
+from .data import RecordError, SkippedRecord, scan
 from .errors import EXIT_INVALID_DATA, EXIT_OK
-from .quality_checks import (CHECKS, MIN_RECORDS, Finding, Inspector, estimate_tokens,  # noqa: F401 (public names)
-                             near_duplicate_key)
+from .quality_checks import (CHECKS, MIN_RECORDS, Finding, Inspector, ShapeCount,  # noqa: F401 (public names)
+                             estimate_tokens, near_duplicate_key)
 
 ERROR_SCORE_CAP = 40  # any error caps the score here: the file cannot be trained on as it is
 
@@ -35,6 +35,7 @@ class QualityReport:
     tokens_mean: float = 0.0
     tokens_p95: int = 0
     tokens_max: int = 0
+    shapes: list[ShapeCount] = field(default_factory=list)  # every shape recognised, in order of appearance
 
     def errors(self) -> list[Finding]:
         """The findings that make the file unusable for training."""
@@ -67,12 +68,18 @@ def score(findings: list[Finding], record_count: int) -> int:
     return max(0, min(100, round(points)))
 
 
-def validate_file(path: str | os.PathLike, max_length: int = 512) -> QualityReport:
-    """Run every check over the file; unreadable files raise InputError/DataFormatError."""
+def validate_file(path: str | os.PathLike, max_length: int = 512,
+                  preference_as: str | None = None) -> QualityReport:
+    """Run every check over the file; unreadable files raise InputError/DataFormatError.
+
+    `preference_as="chosen"` checks preference data as the supervised data it trains (its chosen side).
+    """
     inspector = Inspector(max_length)
-    for item in scan(path):
+    for item in scan(path, preference_as):
         if isinstance(item, RecordError):
             inspector.add_error(item)
+        elif isinstance(item, SkippedRecord):
+            inspector.add_skipped(item)
         else:
             inspector.add(item)
     findings = inspector.findings()
@@ -83,7 +90,7 @@ def validate_file(path: str | os.PathLike, max_length: int = 512) -> QualityRepo
         score=score(findings, inspector.record_count), max_length=max_length, usable_count=usable,
         tokens_total=sum(tokens), tokens_mean=round(sum(tokens) / usable, 1) if usable else 0.0,
         tokens_p95=tokens[min(usable - 1, int(0.95 * usable))] if usable else 0,
-        tokens_max=tokens[-1] if usable else 0)
+        tokens_max=tokens[-1] if usable else 0, shapes=list(inspector.shapes.values()))
 
 
 _COLORS = {"error": "\033[31m", "warning": "\033[33m", "ok": "\033[32m", "dim": "\033[2m"}
@@ -91,6 +98,11 @@ _COLORS = {"error": "\033[31m", "warning": "\033[33m", "ok": "\033[32m", "dim": 
 
 def _paint(text: str, color: str, enabled: bool) -> str:
     return f"{_COLORS[color]}{text}\033[0m" if enabled else text
+
+
+def _shape_line(counted: ShapeCount) -> str:
+    indexes = ", ".join(map(str, counted.first_indexes)) + (", ..." if counted.count > len(counted.first_indexes) else "")
+    return f"{counted.shape} {counted.count:,} (records {indexes})"
 
 
 def format_report(report: QualityReport, color: bool = False) -> list[str]:
@@ -101,6 +113,8 @@ def format_report(report: QualityReport, color: bool = False) -> list[str]:
              f"score {report.score}/100",
              f"   tokens (estimated) total {report.tokens_total:,} | mean {report.tokens_mean:,} | "
              f"p95 {report.tokens_p95:,} | max {report.tokens_max:,} | --max-length {report.max_length}"]
+    if len(report.shapes) > 1 or any(counted.shape != report.shape for counted in report.shapes):
+        lines.append("   shapes: " + " | ".join(_shape_line(counted) for counted in report.shapes))
     if report.findings:
         lines += ["", f"   {'SEVERITY':<8} {'COUNT':>9}  {'CHECK':<23} FIRST RECORDS"]
     for finding in report.findings:

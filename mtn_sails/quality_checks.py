@@ -15,7 +15,7 @@ from array import array
 from collections import Counter
 from dataclasses import dataclass, field
 
-from .data import Record, RecordError
+from .records import ASSISTANT_SIDE, Record, RecordError, SkippedRecord, Turn
 from .template import PromptTemplate
 
 FIRST_INDEXES = 5  # record indexes shown per finding
@@ -46,7 +46,7 @@ _ERRORS = (
           per_record=False),
     Check("unknown-shape", "error", 40, "records of an unknown shape",
           "Give every record one of the supported shapes: {text}, prompt/completion, question/answer, "
-          "input/output, instruction/input/output, messages or conversations."),
+          "input/output, instruction/input/output, messages or conversations (docs/DATA_FORMATS.md)."),
     Check("mixed-shapes", "error", 40, "records whose shape differs from the first record's",
           "Keep one shape per file: convert the odd records, or split the file."),
     Check("empty-field", "error", 40, "records with an empty required field",
@@ -54,11 +54,20 @@ _ERRORS = (
     Check("not-a-string", "error", 40, "records with a field that is not a string",
           "Make every text field a JSON string (not null, a number, an array or an object)."),
     Check("chat-format", "error", 40, "chats whose messages are malformed",
-          "Each message needs a known role (system/user/assistant, or ShareGPT human/gpt) and text."),
+          "Each message needs a known role (system/user/assistant/tool, or ShareGPT human/gpt/function_call/"
+          "observation), text or text parts, and a loss weight of 0 or 1 on assistant messages only."),
     Check("chat-no-assistant", "error", 40, "chats with no assistant turn",
           "Add the assistant's answer to each chat: the model learns from assistant turns only."),
     Check("chat-roles", "error", 40, "chats whose roles do not alternate user/assistant",
           "Order each chat as an optional system turn, then user, assistant, user, assistant..."),
+    Check("tool-format", "error", 40, "chats whose tool calls, tool results or tools are malformed",
+          "Give each call a name from the record's tools and JSON-object arguments, follow each call with its "
+          "result, and give `tools` as a JSON array of definitions with names."),
+    Check("non-text-content", "error", 40, "records with image, audio or other non-text content",
+          "MTN Sails trains text-only models: drop the non-text parts, or the records that need them."),
+    Check("preference-data", "error", 40, "preference or KTO records (chosen/rejected, true/false labels)",
+          "This product trains supervised data: pass --preference-as chosen to train the chosen responses (KTO: "
+          "the completions labelled true), or convert the file to prompt/completion pairs."),
     Check("invalid-unicode", "error", 40, "text with lone surrogates (e.g. a JSON \\ud800 escape), not valid Unicode",
           "Fix the escapes in the exporting program: tokenizers cannot encode lone surrogates."),
 )
@@ -92,6 +101,8 @@ _WARNINGS = (
     Check("too-few-tokens", "warning", 15, "too little text to fill one training block",
           "Add text or lower --max-length: plain text is packed into blocks of --max-length tokens, "
           "and with less than one block many trainers silently train on nothing.", per_record=False),
+    Check("preference-skipped", "warning", 5, "KTO records labelled false, left out by --preference-as chosen",
+          "Nothing to do if intended: only the completions labelled true are trained."),
 )
 CHECKS: dict[str, Check] = {check.code: check for check in _ERRORS + _WARNINGS}
 
@@ -142,11 +153,22 @@ def near_duplicate_key(text: str) -> str:
     return key if key.isascii() else _NON_WORD.sub("", key)
 
 
-def _template_overhead() -> tuple[int, int]:
-    """UTF-8 bytes the prompt template adds around a user turn and a system turn."""
+def _template_overhead() -> dict[str, int]:
+    """UTF-8 bytes the prompt template adds around a turn of each role (a tool call: per call)."""
     template = PromptTemplate()
-    user = template.turn_separator + template.user.format(content="")
-    return len(user.encode("utf-8")), len(template.system.format(content="").encode("utf-8"))
+    parts = {"system": template.system, "tools": template.tools, "user": template.turn_separator + template.user,
+             "tool": template.turn_separator + template.tool_result + template.response_cue,
+             "tool_call": template.tool_call, "assistant": ""}
+    return {role: len(part.replace("{content}", "").encode("utf-8")) for role, part in parts.items()}
+
+
+@dataclass
+class ShapeCount:
+    """How many records of the file have one shape, and the first of them."""
+
+    shape: str
+    count: int = 0
+    first_indexes: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -203,8 +225,8 @@ def _sides(record: Record) -> tuple[list[str], list[str]]:
         return [], [record.text]
     if record.kind == "pair":
         return [record.prompt], [record.response]
-    prompts = [t.content for t in record.turns if t.role != "assistant"]
-    return prompts, [t.content for t in record.turns if t.role == "assistant"]
+    prompts = [t.content for t in record.turns if not t.is_target]
+    return prompts, [t.content for t in record.turns if t.is_target]
 
 
 class Inspector:
@@ -221,12 +243,26 @@ class Inspector:
         self.text_tokens = 0  # tokens of plain-text records, which get packed into blocks
         self.ratio_log2 = array("f")  # response/prompt length ratio of pairs and chats...
         self.ratio_index = array("l")  # ...and the records they belong to
-        self.user_overhead, self.system_overhead = _template_overhead()
+        self.overhead = _template_overhead()
+        self.shapes: dict[str, ShapeCount] = {}  # every shape recognised, usable or not
+
+    def _count_shape(self, shape: str, index: int) -> None:
+        counted = self.shapes.setdefault(shape, ShapeCount(shape))
+        counted.count += 1
+        if len(counted.first_indexes) < FIRST_INDEXES:
+            counted.first_indexes.append(index)
 
     def add_error(self, error: RecordError) -> None:
         """Count a record that could not be read as a training example."""
         self.record_count += 1
         self.tally.add(error.code, error.index, f"record {error.index}: {error.reason}")
+        if error.shape:
+            self._count_shape(error.shape, error.index)
+
+    def add_skipped(self, skipped: SkippedRecord) -> None:
+        """Count a record left out on purpose (a KTO record labelled false)."""
+        self.record_count += 1
+        self.tally.add("preference-skipped", skipped.index, f"record {skipped.index}: {skipped.reason}")
 
     def add(self, record: Record) -> None:
         """Run the per-record checks on one usable record."""
@@ -234,6 +270,7 @@ class Inspector:
         index, add = record.index, self.tally.add
         if not self.shape:
             self.shape = record.shape
+        self._count_shape(record.shape, index)
         prompts, responses = _sides(record)
         fields = [t.content for t in record.turns] if record.kind == "chat" else prompts + responses
         text = fields[0] if len(fields) == 1 else "\n".join(fields)
@@ -246,13 +283,14 @@ class Inspector:
             if first != index:
                 add("near-duplicate", index, f"record {index} ~ record {first}")
 
-        tokens = estimate_tokens(text) + len(responses)  # + one end-of-text token per response
+        ends = (sum(t.base_role in ASSISTANT_SIDE for t in record.turns) if record.kind == "chat"
+                else len(responses))
+        tokens = estimate_tokens(text) + ends  # + one end-of-text token per assistant turn
         if record.kind == "text":
             self.text_tokens += tokens  # packed into blocks: never truncated, so never over-long
         else:
-            overhead = (sum(self.system_overhead if t.role == "system" else self.user_overhead
-                            for t in record.turns if t.role != "assistant")
-                        if record.kind == "chat" else self.user_overhead)
+            overhead = (sum(map(self._overhead, record.turns)) if record.kind == "chat"
+                        else self.overhead["user"])
             tokens += overhead // BYTES_PER_TOKEN
             if tokens > self.max_length:
                 add("over-long", index, f"record {index} ~{tokens} tokens")
@@ -261,6 +299,11 @@ class Inspector:
         if len(text) < BYTES_PER_TOKEN * MIN_TOKENS and estimate_tokens(text) < MIN_TOKENS:
             add("short", index, repr(text))
         self._scan_text(index, text)
+
+    def _overhead(self, turn: Turn) -> int:
+        """Template bytes around a turn (a tool-call turn holds one call per line)."""
+        calls = turn.content.count("\n") + 1 if turn.base_role == "tool_call" else 1
+        return self.overhead[turn.base_role] * calls
 
     def _pair_checks(self, record: Record, prompts: list[str], responses: list[str]) -> None:
         prompt_chars, response_chars = sum(map(len, prompts)), sum(map(len, responses))

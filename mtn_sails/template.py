@@ -4,9 +4,10 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, Sequence
 
-from .data import Record, Turn
 from .errors import InputError
+from .records import Record, Turn, json_lines
 
 TEMPLATE_FILE = "prompt_template.json"
 
@@ -27,8 +28,14 @@ class PromptTemplate:
     name: str = "mtn-sails-v1"
     system: str = "### System:\n{content}\n\n"
     user: str = "### Instruction:\n{content}\n\n### Response:\n"
-    # Between an assistant's eos and the next user turn.
+    # Between an assistant's eos and the next user turn (or tool result).
     turn_separator: str = "\n\n"
+    # Tool calling (issue 17): the tools offered, in the system part; each call the assistant makes (with
+    # the loss); a tool's result (context), then the cue for the assistant to go on.
+    tools: str = "### Tools:\n{content}\n\n"
+    tool_call: str = "<tool_call>\n{content}\n</tool_call>"
+    tool_result: str = "### Tool result:\n{content}\n\n"
+    response_cue: str = "### Response:\n"
 
     def render(self, record: Record) -> list[Segment]:
         """The record as segments: the prompt side without loss, responses (and plain text) with it."""
@@ -39,19 +46,35 @@ class PromptTemplate:
         else:
             turns = record.turns
         segments: list[Segment] = []
-        for turn in turns:
-            if turn.role == "system":
-                segments.append(Segment(self.system.format(content=turn.content), is_target=False))
-            elif turn.role == "user":
-                prefix = self.turn_separator if segments and segments[-1].ends_turn else ""
-                segments.append(Segment(prefix + self.user.format(content=turn.content), is_target=False))
-            else:
-                segments.append(Segment(turn.content, is_target=True, ends_turn=True))
+        for position, turn in enumerate(turns):
+            following = turns[position + 1].base_role if position + 1 < len(turns) else None
+            segments.append(self._segment(turn, following, bool(segments) and segments[-1].ends_turn))
         return segments
 
-    def prompt(self, user_text: str, system: str | None = None) -> str:
-        """The text to feed the model so that it answers `user_text` as it was trained to."""
+    def _segment(self, turn: Turn, following: str | None, after_turn_end: bool) -> Segment:
+        """One turn's segment; `following` is the next turn's role, `after_turn_end` whether an eos precedes it."""
+        role = turn.base_role
+        separator = self.turn_separator if after_turn_end else ""
+        if role == "system":
+            return Segment(self.system.format(content=turn.content), is_target=False)
+        if role == "tools":
+            return Segment(self.tools.format(content=turn.content), is_target=False)
+        if role == "user":
+            return Segment(separator + self.user.format(content=turn.content), is_target=False)
+        if role == "tool":
+            cue = self.response_cue if following in ("assistant", "tool_call") else ""
+            return Segment(separator + self.tool_result.format(content=turn.content) + cue, is_target=False)
+        if role == "tool_call":
+            calls = "\n".join(self.tool_call.format(content=call) for call in turn.content.splitlines())
+            return Segment(calls, is_target=turn.is_target, ends_turn=True)
+        if following == "tool_call":  # the text of a message that goes on with tool calls: one turn, one eos
+            return Segment(turn.content + "\n", is_target=turn.is_target)
+        return Segment(turn.content, is_target=turn.is_target, ends_turn=True)
+
+    def prompt(self, user_text: str, system: str | None = None, tools: Sequence[dict[str, Any]] | None = None) -> str:
+        """The text to feed the model so that it answers `user_text` as it was trained to (with `tools` offered)."""
         head = self.system.format(content=system) if system else ""
+        head += self.tools.format(content=json_lines(list(tools))) if tools else ""
         return head + self.user.format(content=user_text)
 
     def save(self, directory: str | Path) -> Path:
