@@ -24,8 +24,8 @@ from .detector import check_weights_readable, inspect_model_dir
 from .errors import InputError, ParityError
 from .history import FORGETTING_FILE, LOSS_CURVE_FILE
 from .decoders import OnnxDecoder, TorchDecoder, load_torch_model
-from .model_files import context_length, first_line, load_tokenizer
-from .onnx_runtime import ONNX_FILE, QUANTIZED_ONNX_FILE, onnx_session
+from .model_files import context_length, first_line, load_tokenizer, read_json
+from .onnx_runtime import ONNX_FILE, ONNX_SUBDIR, QUANTIZED_ONNX_FILE, onnx_session
 from .template import TEMPLATE_FILE, PromptTemplate
 
 TASK = "text-generation-with-past"  # one decoder graph with KV-cache inputs (past length 0 on the first step)
@@ -72,7 +72,7 @@ class ExportResult:
     """What `export` wrote and how well it matches the trained model."""
 
     onnx_dir: Path
-    files: dict[str, int] = field(default_factory=dict)  # file name -> bytes
+    files: dict[str, int] = field(default_factory=dict)  # path under onnx_dir ("onnx/model.onnx") -> bytes
     parity: ParityReport | None = None
     seconds: float = 0.0
 
@@ -130,8 +130,30 @@ def export_onnx(model_dir: Path, target: Path) -> None:
                         trust_remote_code=False)
     except (OSError, ValueError, KeyError, RuntimeError, NotImplementedError) as error:
         raise InputError(f"optimum could not export {model_dir} to ONNX ({first_line(error)})") from None
-    if not (target / ONNX_FILE).is_file():
-        raise InputError(f"optimum wrote no {ONNX_FILE} for {model_dir}")
+    graph = Path(ONNX_FILE).name
+    if not (target / graph).is_file():
+        raise InputError(f"optimum wrote no {graph} for {model_dir}")
+    # The graph moves (not copies) under onnx/, its external weights (models over 2 GB) with it:
+    # the layout transformers.js loads, which optimum and generate read too (onnx_runtime.py).
+    (target / ONNX_SUBDIR).mkdir()
+    for path in target.glob(graph + "*"):
+        path.rename(target / ONNX_SUBDIR / path.name)
+
+
+def align_generation_config(target: Path, eos_token_id: int | None) -> None:
+    """Make generation_config.json stop where `generate` stops: at the tokenizer's eos.
+
+    transformers.js and transformers' own `generate` read their eos from this file; writing the one
+    our decoding loop uses keeps greedy answers the same in Python, Node and the browser.
+    """
+    import json
+
+    path = target / "generation_config.json"
+    config = read_json(path)
+    if eos_token_id is None or config.get("eos_token_id") == eos_token_id:
+        return
+    config["eos_token_id"] = eos_token_id
+    path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
 
 
 def carry_files(model_dir: Path, target: Path) -> list[str]:
@@ -151,9 +173,9 @@ def quantize_int8(onnx_dir: Path) -> Path:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     source = onnx_dir / ONNX_FILE
-    prepared = onnx_dir / ".model_prepared.onnx"
+    prepared = source.parent / ".model_prepared.onnx"
     target = onnx_dir / QUANTIZED_ONNX_FILE
-    external = (onnx_dir / (ONNX_FILE + "_data")).exists()  # models over 2 GB keep weights beside the graph
+    external = source.with_name(source.name + "_data").exists()  # models over 2 GB keep weights beside the graph
     try:
         with quiet_exporters():
             # Pre-processing folds the Transpose that optimum puts between the tied embedding and
@@ -166,7 +188,7 @@ def quantize_int8(onnx_dir: Path) -> Path:
                              use_external_data_format=external)
     finally:
         prepared.unlink(missing_ok=True)
-        for leftover in onnx_dir.glob(".model_prepared.onnx*"):
+        for leftover in source.parent.glob(".model_prepared.onnx*"):
             leftover.unlink()
     return target
 
@@ -244,6 +266,7 @@ def export(config: ExportConfig, tolerance: float = PARITY_TOLERANCE) -> ExportR
         try:
             export_onnx(model_dir, staging)
             carry_files(model_dir, staging)
+            align_generation_config(staging, load_tokenizer(staging, "--output-dir").eos_token_id)
             if config.quantize:
                 say("🔢 Quantising to int8...")
                 quantize_int8(staging)
@@ -258,7 +281,8 @@ def export(config: ExportConfig, tolerance: float = PARITY_TOLERANCE) -> ExportR
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-    files = {path.name: path.stat().st_size for path in sorted(onnx_dir.iterdir()) if path.is_file()}
+    files = {path.relative_to(onnx_dir).as_posix(): path.stat().st_size
+             for path in sorted(onnx_dir.rglob("*")) if path.is_file()}
     result = ExportResult(onnx_dir, files, report, time.perf_counter() - started)
     say(f"🔍 Parity: {report.summary()}")
     if report.int8_agreement is not None:

@@ -17,7 +17,8 @@ from .decoders import Decoder, OnnxDecoder, TorchDecoder, load_torch_model
 from .detector import inspect_model_dir
 from .errors import InputError
 from .model_files import context_length, first_line, load_tokenizer
-from .onnx_runtime import ONNX_FILE, QUANTIZED_ONNX_FILE, onnx_session, physical_cores  # noqa: F401 (benchmarks)
+from .onnx_runtime import model_file, onnx_session
+from .onnx_runtime import ONNX_FILE, QUANTIZED_ONNX_FILE, physical_cores  # noqa: F401  (benchmarks import them here)
 from .sampling import decode
 from .streaming import TextStreamer
 from .template import PromptTemplate
@@ -53,16 +54,16 @@ def load_decoder(config: GenerateConfig) -> Decoder:
     if not directory.is_dir():
         raise _missing_model_error(config, "the directory does not exist")
     if config.backend == "onnx":
-        model_file = directory / (QUANTIZED_ONNX_FILE if config.int8 else ONNX_FILE)
-        if not model_file.is_file():
+        graph = model_file(directory, config.int8)
+        if not graph.is_file():
             advice = "; export with --quantize for --int8" if config.int8 else ""
-            raise _missing_model_error(config, f"{model_file.name} not found{advice}")
+            raise _missing_model_error(config, f"{graph.relative_to(directory).as_posix()} not found{advice}")
         import onnxruntime  # noqa: F401  (outside the try: a missing package is not a broken model)
 
         try:
-            return OnnxDecoder(onnx_session(model_file))
+            return OnnxDecoder(onnx_session(graph))
         except Exception as error:  # onnxruntime raises its own exception types for unreadable models
-            raise InputError(f"{model_file} (--onnx-output): cannot load ({first_line(error)}); "
+            raise InputError(f"{graph} (--onnx-output): cannot load ({first_line(error)}); "
                              "re-export it with `mtn-sails export`") from None
     state = inspect_model_dir(directory)
     if not state.is_valid():

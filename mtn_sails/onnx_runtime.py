@@ -1,11 +1,26 @@
-"""onnxruntime in one place: where an export keeps its graphs and the CPU session generate and export open."""
+"""onnxruntime in one place: where an export keeps its graphs and the CPU session generate and export open.
+
+An export holds its graphs under onnx/, configuration, tokenizer and template at its root: the layout
+transformers.js loads as it is, and the one optimum's ORTModelForCausalLM finds (it searches
+`**/*.onnx` for the standard name). One copy of each graph; exports written before the onnx/ folder
+kept them at the root, and `model_file` still finds them there.
+"""
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-ONNX_FILE = "model.onnx"  # optimum's name for the (fp32) model with KV cache
-QUANTIZED_ONNX_FILE = "model_quantized.onnx"  # the int8 model, optimum's name for it too
+ONNX_SUBDIR = "onnx"
+ONNX_FILE = f"{ONNX_SUBDIR}/model.onnx"  # the fp32 model with KV cache (optimum's and transformers.js' name)
+QUANTIZED_ONNX_FILE = f"{ONNX_SUBDIR}/model_quantized.onnx"  # the int8 model (transformers.js' dtype "q8")
+
+
+def model_file(onnx_dir: str | Path, int8: bool = False) -> Path:
+    """The fp32 or int8 graph of an export: under onnx/, else at the root (an earlier export's layout)."""
+    relative = QUANTIZED_ONNX_FILE if int8 else ONNX_FILE
+    path = Path(onnx_dir) / relative
+    legacy = Path(onnx_dir) / Path(relative).name
+    return legacy if not path.is_file() and legacy.is_file() else path
 
 
 def physical_cores() -> int:

@@ -51,6 +51,41 @@ def test_onnx_dir_holds_tokenizer_and_template_as_trained(exported):
     assert leftovers(onnx_dir) == []
 
 
+def test_graphs_are_under_onnx_once_as_transformers_js_loads_them(exported):
+    from mtn_sails.detector import has_onnx_model
+    from mtn_sails.model_files import load_tokenizer, read_json
+
+    _, onnx_dir, result = exported
+    assert sorted(p.relative_to(onnx_dir).as_posix() for p in onnx_dir.rglob("*.onnx")) == [
+        "onnx/model.onnx", "onnx/model_quantized.onnx"]  # one copy of each graph, none at the root
+    for name in ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+                 TEMPLATE_FILE):
+        assert (onnx_dir / name).is_file(), name
+    eos = load_tokenizer(onnx_dir, "--onnx-output").eos_token_id
+    assert read_json(onnx_dir / "generation_config.json")["eos_token_id"] == eos
+    assert has_onnx_model(onnx_dir)
+    assert set(result.files) == {p.relative_to(onnx_dir).as_posix() for p in onnx_dir.rglob("*") if p.is_file()}
+
+
+def test_generate_still_reads_an_export_with_the_graph_at_the_root(exported, tmp_path):
+    import io
+
+    from mtn_sails.config import GenerateConfig
+    from mtn_sails.generate import generate
+
+    _, onnx_dir, _ = exported
+    legacy = tmp_path / "onnx_model"
+    shutil.copytree(onnx_dir, legacy)
+    for graph in (legacy / "onnx").iterdir():
+        graph.rename(legacy / graph.name)
+    (legacy / "onnx").rmdir()
+    options = dict(prompt="What is SQL?", max_new_tokens=8)
+    before = generate(GenerateConfig(onnx_output=str(onnx_dir), **options), stream=io.StringIO())
+    after = generate(GenerateConfig(onnx_output=str(legacy), **options), stream=io.StringIO())
+    assert after.text == before.text
+    assert generate(GenerateConfig(onnx_output=str(legacy), int8=True, **options), stream=io.StringIO()).new_tokens
+
+
 def test_onnx_dir_loads_with_optimum_and_matches_torch(exported):
     import torch
     from optimum.onnxruntime import ORTModelForCausalLM
@@ -186,7 +221,7 @@ def test_generate_int8_reads_the_quantized_model(exported, capsys):
     for logits, name in ((int8, QUANTIZED_ONNX_FILE), (fp32, ONNX_FILE)):
         np.testing.assert_allclose(logits, OnnxDecoder(onnx_session(onnx_dir / name)).forward(ids), atol=1e-6)
     assert np.abs(int8 - fp32).max() > 1e-4
-    (onnx_dir.parent / "no_int8").mkdir()
+    (onnx_dir.parent / "no_int8" / "onnx").mkdir(parents=True)
     shutil.copy(onnx_dir / ONNX_FILE, onnx_dir.parent / "no_int8" / ONNX_FILE)
     assert main(["generate", "--onnx-output", str(onnx_dir.parent / "no_int8"), "--prompt", "Hi", "--int8"]) == 2
     assert QUANTIZED_ONNX_FILE in capsys.readouterr().err

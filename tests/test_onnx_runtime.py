@@ -8,7 +8,21 @@ import sys
 import pytest
 
 from conftest import REPO
-from mtn_sails.onnx_runtime import ONNX_FILE, onnx_session, physical_cores
+from mtn_sails.onnx_runtime import ONNX_FILE, QUANTIZED_ONNX_FILE, model_file, onnx_session, physical_cores
+
+
+def test_model_file_prefers_onnx_folder_and_still_finds_a_graph_at_the_root(tmp_path):
+    assert model_file(tmp_path) == tmp_path / ONNX_FILE  # nothing there: the path to name in a message
+    (tmp_path / "model.onnx").write_bytes(b"old layout")
+    (tmp_path / "model_quantized.onnx").write_bytes(b"old layout")
+    assert model_file(tmp_path) == tmp_path / "model.onnx"
+    assert model_file(tmp_path, int8=True) == tmp_path / "model_quantized.onnx"
+    (tmp_path / "onnx").mkdir()
+    (tmp_path / ONNX_FILE).write_bytes(b"new layout")
+    assert model_file(tmp_path) == tmp_path / "onnx" / "model.onnx"
+    assert model_file(tmp_path, int8=True) == tmp_path / "model_quantized.onnx"
+    (tmp_path / QUANTIZED_ONNX_FILE).write_bytes(b"new layout")
+    assert model_file(tmp_path, int8=True) == tmp_path / "onnx" / "model_quantized.onnx"
 
 
 def test_physical_cores_is_a_usable_thread_count():
