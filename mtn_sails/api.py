@@ -20,6 +20,7 @@ from .config import (DEFAULT_OUTPUT_DIR, ExportConfig, GenerateConfig, PipelineC
                      ValidateConfig)
 from .console import quiet
 from .errors import InputError
+from .session_record import SessionRecord
 
 Config = TypeVar("Config")
 
@@ -92,7 +93,7 @@ def generate(prompt: str | None = None, *, config: GenerateConfig | None = None,
         return run_generate(settled, stream=io.StringIO())
 
 
-def history(output_dir: str | Path = DEFAULT_OUTPUT_DIR) -> list[dict[str, Any]]:
+def history(output_dir: str | Path = DEFAULT_OUTPUT_DIR) -> list[SessionRecord]:
     """The sessions recorded in a model directory, oldest first."""
     from .history import load_history
 

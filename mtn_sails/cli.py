@@ -63,7 +63,7 @@ def run_generate(config: GenerateConfig) -> int:
 
 def run_history(config: HistoryConfig) -> int:
     """Print the sessions the model went through."""
-    from .history import print_history
+    from .history_table import print_history
 
     print_history(config.output_dir, as_json=config.json, plot=config.plot)
     return EXIT_OK

@@ -131,7 +131,7 @@ def _origin(trained_model_dir: Path) -> str | None:
     from .history import load_history
 
     sessions = load_history(trained_model_dir)
-    return sessions[0].get("base_model") if sessions else None
+    return sessions[0].base_model if sessions else None
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,10 @@ from .console import say
 from .data import Record, check_data_path, file_sha256
 from .detector import TrainingPlan, plan_training
 from .errors import InputError
-from .history import forgetting_table, load_history, save_history
+from .history import load_history
+from .history_table import forgetting_table
+from .model_card import save_history
+from .session_record import ForgettingRow, SessionRecord
 from .template import PromptTemplate
 
 SESSION_FILE = "session.json"  # in the work directory: what an interrupted session was doing
@@ -30,31 +33,9 @@ class SessionResult:
 
     output_dir: Path
     plan: TrainingPlan
-    session: dict[str, Any]  # the history entry
+    session: SessionRecord | None  # the history entry; None on the non-main processes of a distributed run
     backup_dir: Path | None = None
     notes: list[str] = field(default_factory=list)
-
-
-def _hub_hint(source: str) -> str:
-    return (f"cannot load base model '{source}': not a local model directory and the model hub is not "
-            "reachable; pass --model-name PATH (a local model) or --model-name scratch (offline base)")
-
-
-def hub_reachable(timeout_s: float = 3.0) -> bool:
-    """True when the model hub answers; offline, loading falls back to the local cache at once
-    instead of retrying for a minute."""
-    import os
-    import socket
-    from urllib.parse import urlparse
-
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
-        return False
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
-    try:
-        socket.create_connection((host, 443), timeout=timeout_s).close()
-    except OSError:
-        return False
-    return True
 
 
 def load_start_model(plan: TrainingPlan, config: TrainConfig, records: Iterable[Record], template: PromptTemplate):
@@ -68,6 +49,8 @@ def load_start_model(plan: TrainingPlan, config: TrainConfig, records: Iterable[
 
     from .trainer import use_fused_activation
 
+    from .hub import hub_hint, hub_reachable
+
     local_only = Path(plan.source).exists() or not hub_reachable()
     try:
         tokenizer = AutoTokenizer.from_pretrained(plan.source, local_files_only=local_only)
@@ -78,7 +61,7 @@ def load_start_model(plan: TrainingPlan, config: TrainConfig, records: Iterable[
     except (OSError, ValueError) as error:
         if Path(plan.source).exists():
             raise InputError(f"cannot load model from {plan.source}: {str(error).splitlines()[0]}") from None
-        raise InputError(_hub_hint(plan.source)) from None
+        raise InputError(hub_hint(plan.source, reachable=not local_only, detail=str(error).splitlines()[0])) from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token  # GPT-2 has none; the collator keeps eos in the labels
     return model, tokenizer
@@ -111,11 +94,11 @@ def draw_replay(model_dir: Path, new_count: int, fraction: float, seed: int) -> 
 
 
 def measure_forgetting(model, tokenizer, template: PromptTemplate, model_dir: Path,
-                       history: list[dict[str, Any]], max_length: int) -> list[dict[str, Any]]:
+                       history: list[SessionRecord], max_length: int) -> list[ForgettingRow]:
     """Per earlier session: its held-out loss right after it was trained, and now."""
     from .trainer import evaluate_records, perplexity
 
-    before = {s["session"]: s.get("held_out_loss") for s in history}
+    before = {s.session: s.held_out_loss for s in history}
     rows = []
     for session, records in store.read_slices(model_dir, store.HELD_OUT_DIR).items():
         if session not in before:
@@ -123,8 +106,7 @@ def measure_forgetting(model, tokenizer, template: PromptTemplate, model_dir: Pa
         after = evaluate_records(model, tokenizer, records, template, max_length)
         ppl_before, ppl_after = perplexity(before[session]), perplexity(after)
         ratio = ppl_after / ppl_before if ppl_before and ppl_after is not None else None
-        rows.append({"session": session, "loss_before": before[session], "loss_after": after,
-                     "perplexity_before": ppl_before, "perplexity_after": ppl_after, "ratio": ratio})
+        rows.append(ForgettingRow(session, before[session], after, ppl_before, ppl_after, ratio))
     return rows
 
 
@@ -180,145 +162,237 @@ def train(config: TrainConfig, onnx_output: str | None = None) -> SessionResult:
     Under torchrun / accelerate launch every process trains; only the main one locks, writes and reports.
     """
     from .distributed import current_processes
-    from .tokenized import records_dataset
 
     processes = current_processes(config.device)
     output_dir = Path(config.output_dir)
     with store.locked(output_dir) if processes.is_main() else contextlib.nullcontext():
-        if processes.is_main():
-            recovered = store.recover(output_dir)
-            if recovered:
-                say(f"🔧 {recovered}")
-        processes.barrier()
-        check_data_path(config.data_file)
-        data_sha256 = file_sha256(config.data_file)
-        if processes.is_main():  # the others then read the Arrow cache it wrote
-            rows = records_dataset(config.data_file, data_sha256)
-        processes.barrier()
-        if not processes.is_main():
-            rows = records_dataset(config.data_file, data_sha256)
-        work = store.sibling(output_dir, "work")
-        config, checkpoint = _resume_state(work, config, data_sha256)
+        try:
+            return _run_session(*_start_session(config, onnx_output, processes), processes)
+        except BaseException:
+            if processes.is_main():
+                _discard_unresumable_work(output_dir)
+            raise
+
+
+def _start_session(config: TrainConfig, onnx_output: str | None, processes):
+    """Recover the directory, read the data, settle the plan and the work directory: (config, plan, rows,
+    data sha256, work directory, checkpoint to resume or None)."""
+    from .tokenized import records_dataset
+
+    output_dir = Path(config.output_dir)
+    if processes.is_main():
+        recovered = store.recover(output_dir)
+        if recovered:
+            say(f"🔧 {recovered}")
+    processes.barrier()
+    check_data_path(config.data_file)
+    data_sha256 = file_sha256(config.data_file)
+    if processes.is_main():  # the others then read the Arrow cache it wrote
+        rows = records_dataset(config.data_file, data_sha256)
+    processes.barrier()
+    if not processes.is_main():
+        rows = records_dataset(config.data_file, data_sha256)
+    work = store.sibling(output_dir, "work")
+    config, checkpoint = _resume_state(work, config, data_sha256)
+    if checkpoint is None:
+        plan = plan_training(config.output_dir, config.model_name, config.learning_rate, onnx_output)
+    else:
+        plan = TrainingPlan(**json.loads((work / "plan.json").read_text(encoding="utf-8")))
+    processes.barrier()  # every process has read the directories before the main one changes them
+    if processes.is_main():
         if checkpoint is None:
-            plan = plan_training(config.output_dir, config.model_name, config.learning_rate, onnx_output)
-        else:
-            plan = TrainingPlan(**json.loads((work / "plan.json").read_text(encoding="utf-8")))
-        processes.barrier()  # every process has read the directories before the main one changes them
-        if processes.is_main():
-            if checkpoint is None:
-                _reset_work_dir(work, config, data_sha256)
-            (work / "plan.json").write_text(json.dumps(dataclasses.asdict(plan)), encoding="utf-8")
-        for message in plan.messages:
-            say(message)
-        return _run_session(config, plan, rows, data_sha256, work, checkpoint, processes)
+            _reset_work_dir(work, config, data_sha256)
+        (work / "plan.json").write_text(json.dumps(dataclasses.asdict(plan)), encoding="utf-8")
+    for message in plan.messages:
+        say(message)
+    return config, plan, rows, data_sha256, work, checkpoint
 
 
-def _run_session(config: TrainConfig, plan: TrainingPlan, rows, data_sha256: str,
-                 work: Path, checkpoint: str | None, processes) -> SessionResult:
-    from .distributed import optimizer_steps
-    from .tokenized import iter_records, sample, split_dataset, tokenize, with_replay
-    from .trainer import TrainSettings, evaluate_records, perplexity, run_training
+def _discard_unresumable_work(output_dir: Path) -> None:
+    """After a failed or interrupted session: drop its staging and, unless a checkpoint lets --resume
+    continue it, its work directory (what kill -9 leaves is recovered at the next start instead)."""
+    shutil.rmtree(store.sibling(output_dir, "staging"), ignore_errors=True)
+    work = store.sibling(output_dir, "work")
+    if not store.find_resume_checkpoint(work / "checkpoints"):
+        shutil.rmtree(work, ignore_errors=True)
 
+
+@dataclass
+class SessionData:
+    """The records of one session: what it trains on, holds out and replays."""
+
+    rows: Any  # datasets.Dataset: every record of the data file
+    sha256: str
+    train_rows: Any  # datasets.Dataset
+    held_out_rows: Any | None
+    held_out: list[Record]
+    replayed: list[Record]
+
+
+@dataclass
+class StartModel:
+    """The model and tokenizer a session starts from, and the example length they allow."""
+
+    model: Any
+    tokenizer: Any
+    max_length: int
+
+
+@dataclass
+class Measurements:
+    """What the trained model scores before it is saved: earlier sessions again, and its own held-out slice."""
+
+    forgetting: list[ForgettingRow]
+    held_out_loss: float | None
+
+
+def _run_session(config: TrainConfig, plan: TrainingPlan, rows, data_sha256: str, work: Path,
+                 checkpoint: str | None, processes) -> SessionResult:
+    """Records in -> start model -> train -> measure -> commit, swapped into config.output_dir."""
     started = time.time()
     output_dir = Path(config.output_dir)
     template = PromptTemplate.load(output_dir) if plan.continues else PromptTemplate()
+    data = prepare_records(config, plan, rows, data_sha256)
+    start = load_session_model(config, plan, data, template, checkpoint)
+    trainer, outcome = train_session(config, plan, data, start, template, work, checkpoint, processes)
+    history = load_history(output_dir) if plan.continues else []
+    measured = measure_session(trainer.model, start, template, data, output_dir, history) \
+        if processes.is_main() else None
+    staging = save_weights(trainer, output_dir, processes)
+    if not processes.is_main():
+        return SessionResult(output_dir, plan, None)
+    record = session_record(config, plan, data, start, outcome, measured, len(history) + 1, checkpoint, started)
+    backup = commit_session(staging, output_dir, config, plan, data, history + [record], template)
+    shutil.rmtree(work, ignore_errors=True)
+    result = SessionResult(output_dir, plan, record, backup)
+    report_session(result)
+    return result
+
+
+def prepare_records(config: TrainConfig, plan: TrainingPlan, rows, data_sha256: str) -> SessionData:
+    """Split the file's records into trained and held out, and draw the replay of earlier sessions."""
+    from .tokenized import iter_records, split_dataset
+
     train_rows, held_out_rows = split_dataset(rows, config.eval_split, config.seed)
     held_out = list(iter_records(held_out_rows)) if held_out_rows is not None else []
-    replayed = draw_replay(output_dir, len(train_rows), config.replay, config.seed) if plan.continues else []
-    # On resume the checkpoint holds the weights and tokenizer; the Trainer restores optimizer and schedule.
+    replayed = draw_replay(Path(config.output_dir), len(train_rows), config.replay, config.seed) \
+        if plan.continues else []
+    return SessionData(rows, data_sha256, train_rows, held_out_rows, held_out, replayed)
+
+
+def load_session_model(config: TrainConfig, plan: TrainingPlan, data: SessionData, template: PromptTemplate,
+                       checkpoint: str | None) -> StartModel:
+    """The model the session trains: the plan's start, or on resume the checkpoint's weights and tokenizer."""
+    from .tokenized import iter_records
+
     load_plan = dataclasses.replace(plan, source=checkpoint) if checkpoint else plan
-    model, tokenizer = load_start_model(load_plan, config, iter_records(rows), template)
-    max_length = settle_max_length(config.max_length, model)
-    data = tokenize(with_replay(train_rows, replayed), held_out_rows, tokenizer, template, max_length)
-    for note in data.notes:
+    model, tokenizer = load_start_model(load_plan, config, iter_records(data.rows), template)
+    return StartModel(model, tokenizer, settle_max_length(config.max_length, model))
+
+
+def train_session(config: TrainConfig, plan: TrainingPlan, data: SessionData, start: StartModel,
+                  template: PromptTemplate, work: Path, checkpoint: str | None, processes):
+    """Tokenise and train with the HF Trainer; returns (trainer, outcome). On resume the Trainer restores
+    the checkpoint's optimizer and schedule."""
+    from .distributed import optimizer_steps
+    from .tokenized import tokenize, with_replay
+    from .trainer import TrainSettings, run_training
+
+    tokens = tokenize(with_replay(data.train_rows, data.replayed), data.held_out_rows, start.tokenizer, template,
+                      start.max_length)
+    for note in tokens.notes:
         say(note)
-    steps = optimizer_steps(len(data.train), config.batch_size, processes.world_size,
+    steps = optimizer_steps(len(tokens.train), config.batch_size, processes.world_size,
                             config.gradient_accumulation_steps, config.epochs)
-    say(f"🚀 Training on {len(train_rows)} records"
-        + (f" + {len(replayed)} replayed from earlier sessions" if replayed else "")
-        + (f", {len(held_out)} held out" if held_out else "")
-        + f" ({len(data.train)} {'blocks' if data.packed else 'examples'}, {steps} optimizer steps on "
+    say(f"🚀 Training on {len(data.train_rows)} records"
+        + (f" + {len(data.replayed)} replayed from earlier sessions" if data.replayed else "")
+        + (f", {len(data.held_out)} held out" if data.held_out else "")
+        + f" ({len(tokens.train)} {'blocks' if tokens.packed else 'examples'}, {steps} optimizer steps on "
         f"{processes.world_size} process{'es' * (processes.world_size > 1)}) at learning rate {plan.learning_rate}")
     settings = TrainSettings(plan.learning_rate, config.epochs, config.batch_size,
                              config.gradient_accumulation_steps, config.seed, work / "checkpoints",
                              checkpoint_interval(config.save_steps, config.epochs, steps), config.device,
                              precision=config.precision)
-    trainer, outcome = run_training(model, tokenizer, data, settings, resume_from=checkpoint)
+    return run_training(start.model, start.tokenizer, tokens, settings, resume_from=checkpoint)
 
-    history = load_history(output_dir) if plan.continues else []
+
+def measure_session(model, start: StartModel, template: PromptTemplate, data: SessionData, output_dir: Path,
+                    history: list[SessionRecord]) -> Measurements:
+    """Earlier sessions' held-out slices and this session's own, scored by the trained model (main process)."""
+    from .trainer import evaluate_records
+
+    forgetting = measure_forgetting(model, start.tokenizer, template, output_dir, history, start.max_length) \
+        if history else []
+    held_out = data.held_out[:store.MAX_HELD_OUT_RECORDS]
+    held_out_loss = evaluate_records(model, start.tokenizer, held_out, template, start.max_length) \
+        if held_out else None
+    return Measurements(forgetting, held_out_loss)
+
+
+def save_weights(trainer, output_dir: Path, processes) -> Path:
+    """The trained weights saved into a fresh staging directory beside output_dir; returns it."""
     staging = store.sibling(output_dir, "staging")
     if processes.is_main():
-        forgetting = measure_forgetting(trainer.model, tokenizer, template, output_dir, history, max_length) \
-            if plan.continues else []
-        held_out_loss = evaluate_records(trainer.model, tokenizer, held_out[:store.MAX_HELD_OUT_RECORDS],
-                                         template, max_length) if held_out else None
         store.fresh_staging(output_dir)
     processes.barrier()
     trainer.save_model(str(staging))  # every process calls it (sharded engines gather); the main one writes
     processes.barrier()
-    if not processes.is_main():
-        return SessionResult(output_dir, plan, {})
-    (staging / "training_args.bin").unlink(missing_ok=True)  # a pickle; the config is saved as JSON below
+    if processes.is_main():
+        (staging / "training_args.bin").unlink(missing_ok=True)  # a pickle; the config is saved as JSON
+    return staging
+
+
+def session_record(config: TrainConfig, plan: TrainingPlan, data: SessionData, start: StartModel, outcome,
+                   measured: Measurements, number: int, checkpoint: str | None, started: float) -> SessionRecord:
+    """The history entry of this session."""
+    from .trainer import perplexity
+
+    return SessionRecord(
+        session=number, date=time.strftime("%Y-%m-%dT%H:%M:%S%z"), data_file=str(Path(config.data_file).resolve()),
+        data_sha256=data.sha256, records=len(data.rows), train_examples=len(data.train_rows),
+        eval_examples=len(data.held_out), replayed_examples=len(data.replayed),
+        start=str(config.output_dir) if plan.continues else plan.source,
+        start_kind="resumed" if checkpoint else ("continued" if plan.continues else "base"),
+        resumed_from_checkpoint=Path(checkpoint).name if checkpoint else None, base_model=plan.base_model,
+        learning_rate=plan.learning_rate, epochs=config.epochs, batch_size=config.batch_size,
+        max_length=start.max_length, steps=outcome.steps, train_loss=outcome.train_loss,
+        eval_loss=outcome.eval_loss, eval_perplexity=outcome.eval_perplexity(),
+        held_out_loss=measured.held_out_loss, held_out_perplexity=perplexity(measured.held_out_loss),
+        duration_s=round(time.time() - started, 1), device=outcome.device, precision=outcome.precision,
+        world_size=outcome.world_size, replay=config.replay, seed=config.seed, versions=_versions(),
+        forgetting=measured.forgetting, loss_curve=outcome.loss_curve)
+
+
+def commit_session(staging: Path, output_dir: Path, config: TrainConfig, plan: TrainingPlan, data: SessionData,
+                   sessions: list[SessionRecord], template: PromptTemplate) -> Path | None:
+    """Complete the staged directory (template, slices, history, card, config) and swap it in; returns where
+    the replaced model was kept, if it was."""
+    from .tokenized import sample
+
     template.save(staging)
     if plan.continues:
         store.copy_slices(output_dir, staging)
-    number = len(history) + 1
-    if held_out:
-        store.write_slice(staging, store.HELD_OUT_DIR, number, held_out[:store.MAX_HELD_OUT_RECORDS],
+    number = sessions[-1].session
+    if data.held_out:
+        store.write_slice(staging, store.HELD_OUT_DIR, number, data.held_out[:store.MAX_HELD_OUT_RECORDS],
                           store.MAX_HELD_OUT_RECORDS, config.seed)
-    store.write_slice(staging, store.REPLAY_DIR, number, sample(train_rows, store.MAX_REPLAY_RECORDS, config.seed),
-                      store.MAX_REPLAY_RECORDS, config.seed)
-    session = {
-        "session": number,
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "data_file": str(Path(config.data_file).resolve()),
-        "data_sha256": data_sha256,
-        "records": len(rows),
-        "train_examples": len(train_rows),
-        "eval_examples": len(held_out),
-        "replayed_examples": len(replayed),
-        "start": str(output_dir) if plan.continues else plan.source,
-        "start_kind": "resumed" if checkpoint else ("continued" if plan.continues else "base"),
-        "resumed_from_checkpoint": Path(checkpoint).name if checkpoint else None,
-        "base_model": plan.base_model,
-        "learning_rate": plan.learning_rate,
-        "epochs": config.epochs,
-        "batch_size": config.batch_size,
-        "max_length": max_length,
-        "steps": outcome.steps,
-        "train_loss": outcome.train_loss,
-        "eval_loss": outcome.eval_loss,
-        "eval_perplexity": outcome.eval_perplexity(),
-        "held_out_loss": held_out_loss,
-        "held_out_perplexity": perplexity(held_out_loss),
-        "duration_s": round(time.time() - started, 1),
-        "device": outcome.device,
-        "precision": outcome.precision,
-        "world_size": outcome.world_size,
-        "replay": config.replay,
-        "seed": config.seed,
-        "versions": _versions(),
-        "forgetting": forgetting,
-        "loss_curve": outcome.loss_curve,
-    }
-    save_history(staging, history + [session])
+    store.write_slice(staging, store.REPLAY_DIR, number, sample(data.train_rows, store.MAX_REPLAY_RECORDS,
+                                                                config.seed), store.MAX_REPLAY_RECORDS, config.seed)
+    save_history(staging, sessions)
     (staging / "mtn_sails_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n",
                                                   encoding="utf-8")
     backup = store.backup_path(output_dir) if plan.backup_existing and output_dir.exists() else None
     store.replace_directory(staging, output_dir, keep_old_as=backup)
-    shutil.rmtree(work, ignore_errors=True)
-    result = SessionResult(output_dir, plan, session, backup)
-    report_session(result)
-    return result
+    return backup
 
 
 def report_session(result: SessionResult) -> None:
     """The end-of-session summary: metrics, forgetting table, where things are."""
     session = result.session
-    ppl = session.get("eval_perplexity")
-    say(f"✅ Session {session['session']} saved to {result.output_dir} "
-        f"(train loss {session['train_loss'] if session['train_loss'] is None else round(session['train_loss'], 4)}"
-        + (f", eval perplexity {ppl:.2f}" if ppl is not None else "") + f", {session['duration_s']} s)")
+    loss = "-" if session.train_loss is None else round(session.train_loss, 4)
+    ppl = session.eval_perplexity
+    say(f"✅ Session {session.session} saved to {result.output_dir} (train loss {loss}"
+        + (f", eval perplexity {ppl:.2f}" if ppl is not None else "") + f", {session.duration_s} s)")
     rows = forgetting_table(session)
     if rows:
         say("📊 Forgetting (held-out perplexity of earlier sessions, then -> now):")

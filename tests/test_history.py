@@ -9,8 +9,9 @@ import yaml
 
 from mtn_sails.cli import main
 from mtn_sails.errors import InputError
-from mtn_sails.history import (CARD_FILE, FORGETTING_FILE, HISTORY_FILE, LOSS_CURVE_FILE, forgetting_matrix,
-                               forgetting_series, load_history, model_card, save_history, session_table)
+from mtn_sails.history import CARD_FILE, FORGETTING_FILE, HISTORY_FILE, LOSS_CURVE_FILE, forgetting_series, load_history
+from mtn_sails.history_table import forgetting_matrix, session_table
+from mtn_sails.model_card import model_card, save_history
 from mtn_sails.template import PromptTemplate
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

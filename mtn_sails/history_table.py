@@ -1,0 +1,112 @@
+"""The history as text: the sessions table, the forgetting rows and matrix, and `history`'s printout."""
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from .console import show
+from .errors import InputError
+from .history import Session, forgetting_series, load_history
+from .session_record import SessionRecord, as_record
+
+SESSION_COLUMNS = (("#", "session"), ("date", "date"), ("data", "data_file"), ("trained on", "train_examples"),
+                   ("start", "start"), ("lr", "learning_rate"), ("epochs", "epochs"),
+                   ("train loss", "train_loss"), ("eval loss", "eval_loss"), ("eval ppl", "eval_perplexity"),
+                   ("held-out ppl", "held_out_perplexity"), ("time s", "duration_s"))
+
+
+def number(value: Any, digits: int = 4) -> str:
+    """A table cell for a number: `digits` significant digits, '-' when there is none."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def _cell(session: SessionRecord, key: str) -> str:
+    value = getattr(session, key)
+    if key == "date" and isinstance(value, str):
+        return value[:19].replace("T", " ")
+    if key in ("data_file", "start") and isinstance(value, str):
+        return Path(value).name if "/" in value else value
+    return number(value)
+
+
+def markdown_rows(header: list[str], rows: Iterable[list[str]]) -> list[str]:
+    """A Markdown table (pipes in cells escaped)."""
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
+
+    return [line(header), "|" + "---|" * len(header)] + [line(row) for row in rows]
+
+
+def session_table(sessions: Sequence[Session], markdown: bool = False) -> list[str]:
+    """The sessions as aligned text rows (or a Markdown table)."""
+    header = [title for title, _ in SESSION_COLUMNS]
+    rows = [[_cell(as_record(s), key) for _, key in SESSION_COLUMNS] for s in sessions]
+    if markdown:
+        return markdown_rows(header, rows)
+    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header] + rows]
+
+
+def forgetting_table(session: Session) -> list[str]:
+    """Rows of the forgetting table stored with one session (empty when it has none)."""
+    return [f"  session {row.session}: perplexity {number(row.perplexity_before)} "
+            f"-> {number(row.perplexity_after)} (x{number(row.ratio, 3)})" for row in as_record(session).forgetting]
+
+
+def forgetting_matrix(sessions: Sequence[Session]) -> list[str]:
+    """Markdown table: held-out perplexity of each session's data (rows) after each session (columns)."""
+    numbers = [as_record(s).session for s in sessions]
+    header = ["data of"] + [f"after {n}" for n in numbers]
+    rows = []
+    for session, points in forgetting_series(sessions).items():
+        values = dict(points)
+        rows.append([f"session {session}"] + [number(values.get(n)) if n >= session else "" for n in numbers])
+    return markdown_rows(header, rows)
+
+
+def print_history(model_dir: str | Path, as_json: bool = False, plot: bool = False) -> None:
+    """Print the model's sessions as a table, or as JSON `{"sessions": [...]}`; with `plot`, also write
+    loss_curve.png and forgetting.png into the model directory and print their paths."""
+    if not Path(model_dir).is_dir():
+        raise InputError(f"{model_dir}: no such model directory")
+    sessions = load_history(model_dir)
+    images = _plot_on_demand(model_dir) if plot and sessions else []
+    if as_json:
+        show(json.dumps({"sessions": [session.to_json() for session in sessions]}, indent=2))
+        for image in images:  # stderr, so that stdout stays one JSON document
+            show(f"📈 {image}", sys.stderr)
+        return
+    if not sessions:
+        show(f"{model_dir}: no training sessions recorded" + ("; nothing to plot" if plot else ""))
+        return
+    show(f"Training history of {model_dir} ({len(sessions)} session{'s' * (len(sessions) != 1)})")
+    for line in session_table(sessions):
+        show(line)
+    for session in sessions:
+        rows = forgetting_table(session)
+        if rows:
+            show(f"Forgetting after session {session.session} (held-out perplexity, then -> now):")
+            for line in rows:
+                show(line)
+    for image in images:
+        show(f"📈 {image}")
+
+
+def _plot_on_demand(model_dir: str | Path) -> list[Path]:
+    """The plots written for `history --plot`; an unwritable directory is the user's one-line error."""
+    from .plots import write_plots
+
+    try:
+        return write_plots(model_dir)
+    except ImportError:  # matplotlib is imported only when drawing
+        raise InputError("--plot needs matplotlib: pip install matplotlib") from None
+    except OSError as error:
+        raise InputError(f"cannot write plots into {model_dir}: {error.strerror or error}") from None
