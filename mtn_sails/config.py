@@ -73,6 +73,8 @@ class TrainConfig:
     seed: int = option("random seed for the split, shuffling and initialisation", default=42)
     replay: float = option("fraction of a continued session's examples replayed from earlier sessions, "
                            "an equal share from each (0 disables)", default=0.5)
+    keep_threshold: float = option("name each earlier session that keeps less than this share of the answers it "
+                                   "gave right after training (its probe recall)", default=0.9)
     resume: bool = option("continue an interrupted session from its last checkpoint", default=False)
     device: str = option("where to train", default="auto", choices=DEVICES)
     precision: str = option("auto: bf16 (else fp16) on CUDA, fp32 on the CPU; bf16 also runs on CPUs with "
@@ -90,6 +92,7 @@ class TrainConfig:
         _require(self.max_length >= 8, f"--max-length must be at least 8, got {self.max_length}")
         _require(0 <= self.eval_split < 0.5, f"--eval-split must be in [0, 0.5), got {self.eval_split}")
         _require(0 <= self.replay < 1, f"--replay must be in [0, 1), got {self.replay}")
+        _require(0 <= self.keep_threshold <= 1, f"--keep-threshold must be in [0, 1], got {self.keep_threshold}")
         _require(self.save_steps >= 0, "--save-steps must be 0 or positive")
         _require(not (self.precision == "fp16" and self.device == "cpu"), FP16_NEEDS_CUDA)
         if self.learning_rate is not None:
