@@ -14,6 +14,7 @@ DEFAULT_ONNX_OUTPUT = "./onnx_model"
 SCRATCH_SIZES = ("tiny", "small", "base")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+KEEP_THRESHOLD = 0.9  # an earlier session that keeps less of its probe recall than this is named at the end
 FP16_NEEDS_CUDA = "--precision fp16 needs a CUDA device; on the CPU use bf16 or fp32"
 PREFERENCE_HELP = ("train preference data (chosen/rejected; KTO true/false labels) on its chosen side; "
                    "without it such records are refused")
@@ -74,7 +75,7 @@ class TrainConfig:
     replay: float = option("fraction of a continued session's examples replayed from earlier sessions, "
                            "an equal share from each (0 disables)", default=0.5)
     keep_threshold: float = option("name each earlier session that keeps less than this share of the answers it "
-                                   "gave right after training (its probe recall)", default=0.9)
+                                   "gave right after training (its probe recall)", default=KEEP_THRESHOLD)
     resume: bool = option("continue an interrupted session from its last checkpoint", default=False)
     device: str = option("where to train", default="auto", choices=DEVICES)
     precision: str = option("auto: bf16 (else fp16) on CUDA, fp32 on the CPU; bf16 also runs on CPUs with "
