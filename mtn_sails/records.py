@@ -15,6 +15,9 @@ ASSISTANT_SIDE = ("assistant", "tool_call")
 # `loss_weight`): seen, not learned. Kept in the role string so a turn stays a (role, text) pair, the shape
 # stored in the Arrow rows and replay slices.
 NO_LOSS = ":0"
+# Shapes whose records are pairs or chats (Alpaca with or without history): their pairs are stored as
+# two-message chats, so that a stored slice of one file still holds one shape.
+SHAPES_OF_BOTH_KINDS = ("alpaca", "preference", "kto")
 
 
 @dataclass(frozen=True)
@@ -107,8 +110,11 @@ def record_to_json(record: Record) -> dict[str, Any]:
     """The record in a shape `normalise` reads back to the same training example (OpenAI chat format for chats)."""
     if record.kind == "text":
         return {"text": record.text}
-    if record.kind == "pair":
+    if record.kind == "pair" and record.shape not in SHAPES_OF_BOTH_KINDS:
         return {"prompt": record.prompt, "completion": record.response}
+    if record.kind == "pair":
+        return {"messages": [{"role": "user", "content": record.prompt},
+                             {"role": "assistant", "content": record.response}]}
     messages: list[dict[str, Any]] = []
     tools: list[Any] = []
     for turn in record.turns:

@@ -143,6 +143,101 @@ def test_bad_records_fail_validation_naming_the_record(tmp_path, capsys, records
     assert expected in capsys.readouterr().out
 
 
+# --- malformed tool calls and other chat content: one line each, exit 3, nothing trained --------
+
+def _ask(*turns: dict, **record) -> dict:
+    return {"messages": [{"role": "user", "content": "Weather in Paris?"}, *turns], **record}
+
+
+def _call(name: str = "get_weather", arguments='{"city": "Paris"}', **extra) -> dict:
+    return {"type": "function", "function": {"name": name, "arguments": arguments}, **extra}
+
+
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+ANSWER = {"role": "assistant", "content": "It is 21 degrees."}
+MALFORMED = {  # name -> (record, the line that names it)
+    "arguments not JSON": (_ask({"role": "assistant", "tool_calls": [_call(arguments='{"city": Paris}')]},
+                                {"role": "tool", "content": "21"}, ANSWER),
+                           "record 0: messages[1]: the arguments of tool call 'get_weather' are not valid JSON "
+                           "(Expecting value)"),
+    "arguments not an object": (_ask({"role": "assistant", "tool_calls": [_call(arguments="[1, 2]")]},
+                                     {"role": "tool", "content": "21"}, ANSWER),
+                                "the arguments of tool call 'get_weather' must be a JSON object, got an array"),
+    "sharegpt call not JSON": ({"conversations": [{"from": "human", "value": "Weather?"},
+                                                  {"from": "function_call", "value": "get_weather(Paris)"},
+                                                  {"from": "observation", "value": "21"},
+                                                  {"from": "gpt", "value": "21 degrees."}]},
+                               "record 0: conversations[1]: the tool call is not valid JSON (Expecting value)"),
+    "call with no name": (_ask({"role": "assistant", "tool_calls": [{"type": "function", "function": {}}]}),
+                          "record 0: messages[1] has a tool call with no name"),
+    "tool result with no call before it": (_ask({"role": "tool", "content": "21"}, ANSWER),
+                                           "record 0: messages[1] is a tool result with no tool call before it"),
+    "sharegpt observation first": ({"conversations": [{"from": "observation", "value": "21"},
+                                                      {"from": "gpt", "value": "21 degrees."}]},
+                                   "record 0: conversations[0] is a tool result with no tool call before it"),
+    "call with no result": (_ask({"role": "assistant", "tool_calls": [_call()]}, ANSWER),
+                            "record 0: the tool call before messages[2] has no tool result after it"),
+    "answer to a call never made": (_ask({"role": "assistant", "tool_calls": [_call(id="call_1")]},
+                                         {"role": "tool", "tool_call_id": "call_2", "content": "21"}, ANSWER),
+                                    "record 0: messages[2] answers tool call 'call_2', which the assistant did not make"),
+    "unknown tool": (_ask({"role": "assistant", "tool_calls": [_call(name="get_wether")]},
+                          {"role": "tool", "content": "21"}, ANSWER, tools=TOOLS),
+                     "record 0: messages[1] calls tool 'get_wether', which is not in the record's tools"),
+    "tools not JSON": ({"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}],
+                        "tools": "[{name: get_weather}]"},
+                       "record 0: 'tools' is not valid JSON (Expecting property name enclosed in double quotes)"),
+    "parallel calls refused by the record": (
+        _ask({"role": "assistant", "tool_calls": [_call(), _call()]}, {"role": "tool", "content": "21"},
+             {"role": "tool", "content": "21"}, ANSWER, parallel_tool_calls=False),
+        "record 0: messages[1] makes 2 tool calls but 'parallel_tool_calls' is false"),
+    "unknown role": (_ask({"role": "robot", "content": "Beep."}), "record 0: messages[1] has unknown role 'robot'"),
+    "unknown sharegpt speaker": ({"conversations": [{"from": "human", "value": "Hi"},
+                                                    {"from": "function_response", "value": "21"}]},
+                                 "record 0: conversations[1] has unknown from 'function_response'"),
+    "image part": ({"messages": [{"role": "user", "content": [{"type": "text", "text": "What is this?"},
+                                                              {"type": "image_url", "image_url": {"url": "a.png"}}]},
+                                 ANSWER]},
+                   "record 0: messages[0].content[1] is image_url content; this product trains text-only models"),
+    "images column": ({"conversations": [{"from": "human", "value": "<image>What is this?"},
+                                         {"from": "gpt", "value": "A cat."}], "images": ["cat.png"]},
+                      "record 0: the record has images; this product trains text-only models"),
+    "weight not 0 or 1": (_ask({"role": "assistant", "content": "21", "weight": 0.5}),
+                          "record 0: messages[1] has weight 0.5; a message is trained fully (1) or not at all (0)"),
+    "loss on a user message": (_ask({"role": "assistant", "content": "21"}, {"role": "user", "content": "Thanks",
+                                                                             "loss_weight": 1.0}),
+                               "record 0: messages[2] is a user message with loss_weight 1; only assistant messages carry the loss"),
+    "every weight 0": (_ask({"role": "assistant", "content": "21", "weight": 0}),
+                       "record 0: every assistant message has loss weight 0: there is nothing to learn"),
+    "history not pairs": ({"instruction": "And Italy?", "output": "Rome.", "history": [["France?"]]},
+                          "record 0: history[0] must be an [instruction, response] pair of strings"),
+    "preference data": ({"prompt": "The sky is", "chosen": " blue.", "rejected": " green."},
+                        "record 0: preference data (chosen/rejected, for DPO or ORPO)"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_malformed_chats_fail_validation_with_one_line(tmp_path, capsys, case):
+    record, line = MALFORMED[case]
+    path = write_jsonl(tmp_path, "bad.jsonl", [record])
+    assert main(["validate", "--data-file", str(path)]) == EXIT_INVALID_DATA
+    assert line in capsys.readouterr().out
+    with pytest.raises(RecordError) as info:
+        list(load_records(path))
+    assert line in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_malformed_chats_stop_train_with_one_line_and_nothing_written(tiny_model_dir, tmp_path, capsys, case):
+    record, line = MALFORMED[case]
+    path = write_jsonl(tmp_path, "bad.jsonl", [record])
+    output = tmp_path / "trained_model"
+    assert main(["train", "--data-file", str(path), "--output-dir", str(output),
+                 "--model-name", str(tiny_model_dir)]) == EXIT_INVALID_DATA
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and line in err[0], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl"]
+
+
 # --- unusable files: one line, exit 2, no traceback --------------------------------------------
 
 def _bad_files(directory: Path) -> dict[str, tuple[Path, str]]:

@@ -382,3 +382,92 @@ def test_speed_benchmark_quick_form(tmp_path):
     figures = json.loads(out.read_text())
     assert figures["records"] == 3000 and figures["exit_code"] == EXIT_OK
     assert figures["wall_s"] > 0 and figures["peak_rss_mb"] > 0 and figures["findings"]["duplicate"] > 0
+
+
+# --- the record shapes of issue 17: tool calls, preference data, mixed files ----------------------
+
+SEARCH_TOOL = {"name": "search_catalogue", "description": "Search the shop catalogue",
+               "parameters": {"type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]}}
+
+
+def tool_call_records(count: int, seed: int = 0) -> list[dict]:
+    """Well-formed ShareGPT tool-calling chats (LLaMA-Factory's documented layout), all different."""
+    rng = random.Random(seed)
+    records = []
+    for _ in range(count):
+        item = " ".join(rng.sample(WORDS, 3))
+        found = " ".join(rng.sample(WORDS, 6))
+        records.append({
+            "conversations": [
+                {"from": "human", "value": f"Do you sell a {item} in the shop today?"},
+                {"from": "function_call", "value": json.dumps({"name": "search_catalogue",
+                                                               "arguments": {"query": item}})},
+                {"from": "observation", "value": json.dumps({"results": found.split(), "in_stock": True})},
+                {"from": "gpt", "value": f"Yes, we have the {item}: the catalogue lists {found}."},
+            ],
+            "system": "You are the shop assistant; use the tools to answer.",
+            "tools": json.dumps([SEARCH_TOOL]),
+        })
+    return records
+
+
+def test_a_tool_calling_sharegpt_file_of_hundreds_of_records_passes(tmp_path, capsys):
+    path = write_jsonl(tmp_path, tool_call_records(300))
+    assert main(["validate", "--data-file", str(path)]) == EXIT_OK
+    report = validate_file(path)
+    assert report.findings == [] and report.score == 100, [(f.code, f.message) for f in report.findings]
+    assert (report.usable_count, report.shape) == (300, "conversations")
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize("where, code, example", [
+    ("arguments", "secret", "API key (sk-...)"),
+    ("result", "personal-data", "email address"),
+])
+def test_checks_look_inside_tool_arguments_and_results(tmp_path, where, code, example):
+    records = tool_call_records(60)
+    turn = records[7]["conversations"][1 if where == "arguments" else 2]
+    value = json.loads(turn["value"])
+    if where == "arguments":
+        value["arguments"]["api_key"] = "sk-proj-abcdefghijklmnopqrstuvwxyz012345"
+    else:
+        value["contact"] = "jane.doe@example.com"
+    turn["value"] = json.dumps(value)
+    finding = findings_of(validate_file(write_jsonl(tmp_path, records)))[code]
+    assert finding.first_indexes == [7] and example in finding.message
+
+
+def test_a_file_mixing_shapes_reports_which_records_are_which(tmp_path, capsys):
+    records = clean_records(4) + tool_call_records(3) + [{"messages": [{"role": "user", "content": "Hello there?"},
+                                                                       {"role": "assistant", "content": "Hi!"}]}]
+    path = write_jsonl(tmp_path, records)
+    report = validate_file(path)
+    assert [(s.shape, s.count, s.first_indexes) for s in report.shapes] == [
+        ("question/answer", 4, [0, 1, 2, 3]), ("conversations", 3, [4, 5, 6]), ("messages", 1, [7])]
+    assert findings_of(report)["mixed-shapes"].first_indexes == [4, 5, 6, 7]
+    assert main(["validate", "--data-file", str(path)]) == EXIT_INVALID_DATA
+    assert ("shapes: question/answer 4 (records 0, 1, 2, 3) | conversations 3 (records 4, 5, 6) | "
+            "messages 1 (records 7)") in capsys.readouterr().out
+    assert main(["validate", "--data-file", str(path), "--json"]) == EXIT_INVALID_DATA
+    assert json.loads(capsys.readouterr().out)["shapes"][1] == {"shape": "conversations", "count": 3,
+                                                                 "first_indexes": [4, 5, 6]}
+
+
+def test_preference_data_is_named_by_validate(tmp_path, capsys):
+    records = [{"prompt": f"Describe the {w}.", "chosen": f"The {w} is lovely.", "rejected": "No."} for w in WORDS]
+    path = write_jsonl(tmp_path, records)
+    assert main(["validate", "--data-file", str(path)]) == EXIT_INVALID_DATA
+    out = capsys.readouterr().out
+    assert "shapes: preference 40 (records 0, 1, 2, 3, 4, ...)" in out
+    assert "preference-data" in out and "pass --preference-as chosen" in out
+    chosen = validate_file(path, preference_as="chosen")
+    assert chosen.errors() == [] and chosen.shape == "preference" and chosen.usable_count == len(WORDS)
+
+
+def test_kto_records_labelled_false_are_a_warning_when_training_the_chosen_side(tmp_path):
+    records = [{"prompt": f"Describe the {w}.", "completion": f"The {w} is lovely.", "label": i % 4 != 0}
+               for i, w in enumerate(WORDS)]
+    report = validate_file(write_jsonl(tmp_path, records), preference_as="chosen")
+    finding = findings_of(report)["preference-skipped"]
+    assert (finding.severity, finding.count, finding.first_indexes[:2]) == ("warning", 10, [0, 4])
+    assert report.usable_count == 30 and report.record_count == 40 and report.errors() == []
