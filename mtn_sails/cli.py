@@ -17,7 +17,7 @@ from . import __version__
 from .config import (ExportConfig, GenerateConfig, HistoryConfig, PipelineConfig, TrainConfig,
                      ValidateConfig)
 from .console import mute, warn
-from .errors import EXIT_BUG, EXIT_INTERRUPTED, EXIT_OK, InputError, SailsError
+from .errors import EXIT_BUG, EXIT_INTERRUPTED, EXIT_OK, InputError, MissingDependency, SailsError
 
 
 def run_validate(config: ValidateConfig) -> int:
@@ -176,7 +176,8 @@ def build_parser(command_defaults: dict[str, dict[str, Any]] | None = None) -> a
                "  mtn-sails generate --prompt 'Hello'",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
+                                     help="one of these (each has its own --help):")
     for name, command in COMMANDS.items():
         sub = commands.add_parser(name, help=command.summary, description=command.summary,
                                   epilog="examples:\n  " + command.examples,
@@ -219,6 +220,12 @@ def main(argv: list[str] | None = None) -> int:
     except SailsError as error:
         warn(f"error: {error}")
         return error.exit_code
+    except ModuleNotFoundError as error:  # heavy requirements are imported lazily, so only here
+        missing = MissingDependency.from_import_error(error)
+        if missing is None:
+            raise
+        warn(f"error: {missing}")
+        return missing.exit_code
     except KeyboardInterrupt:
         warn("interrupted: nothing was changed (an interrupted session can continue with --resume)")
         return EXIT_INTERRUPTED

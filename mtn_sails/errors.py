@@ -46,3 +46,30 @@ class ParityError(SailsError):
     """The exported ONNX model disagrees with the PyTorch model."""
 
     exit_code = EXIT_PARITY
+
+
+# The project's requirements by import name, with the name pip installs them under.
+REQUIREMENTS = {
+    "torch": "torch", "transformers": "transformers", "datasets": "datasets", "tokenizers": "tokenizers",
+    "safetensors": "safetensors", "accelerate": "accelerate",
+    "optimum": "optimum-onnx",  # optimum.exporters.onnx and optimum.onnxruntime; it pulls in optimum itself
+    "onnx": "onnx", "onnxruntime": "onnxruntime", "matplotlib": "matplotlib", "yaml": "PyYAML",
+    "huggingface_hub": "huggingface_hub", "psutil": "psutil", "filelock": "filelock",
+}
+
+
+class MissingDependency(InputError):
+    """A package the project requires is not installed in the Python running it."""
+
+    @classmethod
+    def from_import_error(cls, error: ModuleNotFoundError) -> MissingDependency | None:
+        """The one-line error for a missing requirement, or None when `error` is about another module."""
+        import sys
+
+        module = error.name or ""
+        package = REQUIREMENTS.get(module.partition(".")[0])
+        if package is None:
+            return None
+        return cls(f"missing dependency: {package} (no module named '{module}' for {sys.executable}); "
+                   "install the project's requirements with 'pip install -r requirements.txt' "
+                   "or 'make venv'")

@@ -3,11 +3,15 @@ from __future__ import annotations
 
 import ast
 import json
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, run_cli
+from conftest import EXAMPLES, REPO, run_cli
 from mtn_sails.cli import COMMANDS, build_parser, main
 
 
@@ -20,9 +24,51 @@ def test_help_of_every_command_ends_with_examples(command, capsys):
     assert "examples:" in out and out.rstrip().splitlines()[-1].strip().startswith("mtn-sails")
 
 
-def test_every_option_has_help():
-    for action in build_parser()._subparsers._group_actions[0].choices["train"]._actions:
-        assert action.help, action.dest
+def test_every_option_of_every_command_has_help():
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    assert sorted(commands) == sorted(COMMANDS)
+    for name, sub in [("mtn-sails", parser), *commands.items()]:
+        for action in sub._actions:
+            said = re.sub(r"\(default: .*\)$", "", action.help or "").strip()  # a default alone is no help
+            assert said, f"{name} {action.option_strings or action.dest} has no help"
+
+
+def run_without(module: str, *argv: str, cwd: Path):
+    """`mtn-sails ARGV` in a Python where importing `module` fails as if it were not installed."""
+    code = (f"import sys; sys.modules[{module!r}] = None\n"
+            f"from mtn_sails.cli import main\nraise SystemExit(main({list(argv)!r}))")
+    return subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(REPO), "PYTHONIOENCODING": "utf-8"})
+
+
+def test_train_without_datasets_names_the_package_and_how_to_install(tmp_path):
+    result = run_without("datasets", "train", "--data-file", str(EXAMPLES / "programming_basics.json"),
+                         cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert "missing dependency: datasets" in result.stderr and "pip install -r requirements.txt" in result.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing written: no ./trained_model started
+
+
+def test_generate_without_onnxruntime_names_the_package_not_a_re_export(exported, tmp_path):
+    _, onnx_dir, _ = exported
+    result = run_without("onnxruntime", "generate", "--prompt", "What is SQL?", "--onnx-output", str(onnx_dir),
+                         cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert "missing dependency: onnxruntime" in result.stderr and "re-export" not in result.stderr
+
+
+def test_every_requirement_has_a_missing_dependency_message():
+    from importlib.metadata import requires
+
+    from mtn_sails.errors import REQUIREMENTS
+
+    declared = requires("mtn-sails")  # pyproject's dependencies, as `make` installed them
+    assert declared
+    names = {re.split(r"[<>=!~ ;\[]", requirement, maxsplit=1)[0].lower() for requirement in declared}
+    assert names <= {package.lower() for package in REQUIREMENTS.values()}
 
 
 def test_config_file_sets_options_and_flags_win(tmp_path, capsys):
