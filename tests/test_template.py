@@ -128,3 +128,22 @@ def test_plain_shapes_render_as_before():
         ("### Instruction:\nHi\n\n### Response:\n", False, False), ("Yo", True, True),
         ("\n\n### Instruction:\nBye\n\n### Response:\n", False, False), ("Ciao", True, True)]
     assert [(s.text, s.is_target) for s in TEMPLATE.render(Record(0, "text", "text", text="Plain."))] == [("Plain.", True)]
+
+
+def test_data_formats_doc_shows_the_exact_segments_the_code_renders():
+    """Every JSON record of docs/DATA_FORMATS.md followed by an "Exact segments" list renders to that list."""
+    import re
+
+    from conftest import REPO
+
+    doc = (REPO / "docs" / "DATA_FORMATS.md").read_text(encoding="utf-8")
+    checked = 0
+    for block, after in re.findall(r"```json\n(.*?)```(.*?)(?=```json|\n## |\Z)", doc, flags=re.S):
+        listed = re.findall(r"^- (loss|no loss): `(.*?)`( \+ eos)?", after, flags=re.M)
+        if not listed:
+            continue
+        record = normalise(0, json.loads(block))
+        expected = [(json.loads(text), kind == "loss", bool(eos)) for kind, text, eos in listed]
+        assert [(s.text, s.is_target, s.ends_turn) for s in TEMPLATE.render(record)] == expected, block
+        checked += 1
+    assert checked >= 8
