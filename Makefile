@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+NODE_STAMP := node_modules/.installed
 
 .PHONY: demo test venv clean-demo
 
@@ -15,11 +16,18 @@ $(STAMP): requirements.txt pyproject.toml
 	PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-venv: $(STAMP)
+# transformers.js for `mtn-sails web` and the Node/browser tests, exactly as package-lock.json pins it.
+# onnxruntime-node's install script would fetch CUDA libraries: skipped, the CPU build ships in the package.
+$(NODE_STAMP): package.json package-lock.json
+	@command -v npm >/dev/null || { echo "make: npm (Node.js >= 20.9) is needed for mtn-sails web and its tests"; exit 2; }
+	ONNXRUNTIME_NODE_INSTALL_CUDA=skip ONNXRUNTIME_NODE_INSTALL=skip npm ci --no-audit --no-fund --loglevel=error
+	touch $(NODE_STAMP)
+
+venv: $(STAMP) $(NODE_STAMP)
 
 # Three continuous-training sessions of the guide on examples/, offline (scratch base), then a generated answer.
-demo: $(STAMP)
+demo: $(STAMP) $(NODE_STAMP)
 	bash examples/demo.sh $(PY)
 
-test: $(STAMP)
+test: $(STAMP) $(NODE_STAMP)
 	$(PY) -m pytest -q

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from . import __version__
 from .config import (ExportConfig, GenerateConfig, HistoryConfig, PipelineConfig, TrainConfig,
-                     ValidateConfig)
+                     ValidateConfig, WebConfig)
 from .console import mute, warn
 from .errors import EXIT_BUG, EXIT_INTERRUPTED, EXIT_OK, InputError, MissingDependency, SailsError
 
@@ -69,6 +69,14 @@ def run_history(config: HistoryConfig) -> int:
     return EXIT_OK
 
 
+def run_web(config: WebConfig) -> int:
+    """Write the offline page that runs the ONNX model in the browser; --serve serves it."""
+    from .web import web
+
+    web(config)
+    return EXIT_OK
+
+
 @dataclass(frozen=True)
 class Command:
     """One sub-command: its options, its handler and its help."""
@@ -99,6 +107,9 @@ COMMANDS: dict[str, Command] = {
     "history": Command(HistoryConfig, run_history, "show the training sessions of a model",
                        "mtn-sails history\n  mtn-sails history --output-dir ./my_model --json\n"
                        "  mtn-sails history --plot   # writes loss_curve.png and forgetting.png"),
+    "web": Command(WebConfig, run_web, "write an offline web page that runs the ONNX model in the browser",
+                   "mtn-sails web --serve   # writes ./web_app, serves it at http://127.0.0.1:8000/\n"
+                   "  mtn-sails web --onnx-output ./my_onnx --out ./site   # then copy ./site to any static host"),
 }
 
 

@@ -11,6 +11,7 @@ DEFAULT_MODEL_NAME = "distilgpt2"
 SCRATCH_MODEL_NAME = "scratch"  # a fresh GPT-2 with a tokenizer trained on the session's data
 DEFAULT_OUTPUT_DIR = "./trained_model"
 DEFAULT_ONNX_OUTPUT = "./onnx_model"
+DEFAULT_WEB_OUT = "./web_app"
 SCRATCH_SIZES = ("tiny", "small", "base")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -156,3 +157,19 @@ class HistoryConfig:
     output_dir: str = option("trained model directory", default=DEFAULT_OUTPUT_DIR)
     json: bool = option("print the history as JSON", default=False)
     plot: bool = option("write loss_curve.png and forgetting.png into the model directory", default=False)
+
+
+@dataclass
+class WebConfig:
+    """Options of `web`."""
+
+    onnx_output: str = option("ONNX model directory to put in the page", default=DEFAULT_ONNX_OUTPUT)
+    out: str = option("where the page is written (replaced whole; only a page `web` wrote is replaced)",
+                      default=DEFAULT_WEB_OUT)
+    serve: bool = option("then serve the page on 127.0.0.1 and print its address (Ctrl-C stops)", default=False)
+    port: int = option("port for --serve (0: any free port)", default=8000)
+    max_new_tokens: int = option("the page's default answer length in tokens", default=64)
+
+    def __post_init__(self) -> None:
+        _require(0 <= self.port <= 65535, f"--port must be in 0..65535, got {self.port}")
+        _require(self.max_new_tokens > 0, "--max-new-tokens must be positive")
