@@ -312,10 +312,13 @@ def test_odd_json_is_a_sails_error_not_a_crash(tmp_path, name, content):
 # --- fuzz: anything a user can write gives records or a SailsError ----------------------------
 
 KEYS = ["text", "prompt", "completion", "question", "answer", "input", "output", "instruction",
-        "messages", "conversations", "role", "content", "from", "value", "system"]
+        "messages", "conversations", "role", "content", "from", "value", "system",
+        "tools", "tool_calls", "function", "name", "arguments", "type", "weight", "history", "chosen",
+        "rejected", "label", "images"]
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20)
-    | st.sampled_from(["user", "assistant", "system", "human", "gpt", ""]),
+    | st.sampled_from(["user", "assistant", "system", "human", "gpt", "", "tool", "function_call",
+                       "observation", "text", "image_url", '{"name": "f", "arguments": {}}']),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(
         st.sampled_from(KEYS) | st.text(max_size=5), children, max_size=4),
     max_leaves=12)

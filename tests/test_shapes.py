@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from mtn_sails.data import Record, RecordError, SkippedRecord, Turn, load_records, normalise, scan
 
@@ -245,3 +247,76 @@ def test_train_runs_on_each_shape(name, tiny_model_dir, tmp_path):
     assert (output / "model.safetensors").is_file()
     stored = store.read_slices(output, store.REPLAY_DIR)[1]  # kept for replay, read back as the same example
     assert [r.turns for r in stored] == [expected.turns]
+
+
+# --- fuzz: any chat a user can write is a record (that renders) or a RecordError ---------------------
+
+_scalars = st.none() | st.booleans() | st.integers(-2, 2) | st.floats(allow_nan=True) | st.text(max_size=12)
+_arguments = _scalars | st.sampled_from(['{"city": "Paris"}', "{bad", "[1]", ""]) | st.dictionaries(
+    st.text(max_size=4), _scalars, max_size=2)
+_calls = st.lists(st.fixed_dictionaries({"type": st.just("function"), "function": st.fixed_dictionaries(
+    {}, optional={"name": st.sampled_from(["get_weather", "", "other"]) | _scalars, "arguments": _arguments})},
+    optional={"id": st.sampled_from(["a", "b"]) | _scalars}), max_size=2) | _scalars
+_parts = st.lists(st.fixed_dictionaries({"type": st.sampled_from(["text", "image_url", "tool_call", "x"]) | _scalars},
+                                        optional={"text": _scalars, "value": _scalars}), max_size=2)
+_message = st.fixed_dictionaries({}, optional={
+    "role": st.sampled_from(["system", "user", "assistant", "tool", "function", "robot", None]),
+    "from": st.sampled_from(["human", "gpt", "function_call", "observation", "system", "Human", 7]),
+    "content": st.text(min_size=1, max_size=8) | _parts | _scalars,
+    "value": st.text(min_size=1, max_size=8) | st.sampled_from(['{"name": "get_weather", "arguments": {}}', "{"]),
+    "tool_calls": _calls, "function_call": _calls, "tool_call_id": st.sampled_from(["a", "c"]) | _scalars,
+    "weight": _scalars, "loss_weight": _scalars})
+_records = st.fixed_dictionaries({}, optional={
+    "messages": st.lists(_message, max_size=5) | _scalars, "conversations": st.lists(_message, max_size=5),
+    "tools": st.sampled_from([json.dumps([WEATHER_TOOL]), [WEATHER_TOOL], "[x", [{"x": 1}], []]) | _scalars,
+    "parallel_tool_calls": _scalars, "system": _scalars, "prompt": st.lists(_message, max_size=2) | _scalars,
+    "completion": st.lists(_message, max_size=2) | _scalars, "chosen": st.lists(_message, max_size=2) | _scalars,
+    "rejected": _scalars, "label": _scalars, "kto_tag": _scalars, "instruction": _scalars, "output": _scalars,
+    "history": st.lists(st.lists(_scalars, max_size=3), max_size=2) | _scalars,
+    "images": st.sampled_from([None, [], ["a.png"]])})
+
+
+_good_call = st.fixed_dictionaries({"type": st.just("function"), "function": st.fixed_dictionaries(
+    {"name": st.just("get_current_weather"), "arguments": st.sampled_from(['{"city": "Paris"}', {"city": "Rome"}, "{}"])})})
+_near_valid_message = st.one_of(
+    st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant", "system"]), "content": st.text(min_size=1,
+                                                                                                     max_size=6)}),
+    st.fixed_dictionaries({"role": st.just("assistant"), "tool_calls": st.lists(_good_call, min_size=1, max_size=2)},
+                          optional={"content": st.sampled_from(["", "Let me see.", None]), "weight": st.sampled_from([0, 1])}),
+    st.fixed_dictionaries({"role": st.just("tool"), "content": st.text(max_size=6)}))
+
+
+@st.composite
+def _valid_chats(draw) -> dict:
+    """Chats that follow the rules: user, then an answer or calls + results + answer, some weights 0."""
+    text = st.text(min_size=1, max_size=6).filter(str.strip)
+    messages = [{"role": "system", "content": draw(text)}] if draw(st.booleans()) else []
+    for _ in range(draw(st.integers(1, 3))):
+        messages.append({"role": "user", "content": draw(text)})
+        if draw(st.booleans()):
+            calls = draw(st.lists(_good_call, min_size=1, max_size=2))
+            messages.append({"role": "assistant", "tool_calls": calls, "weight": draw(st.sampled_from([0, 1]))})
+            messages += [{"role": "tool", "content": draw(st.text(max_size=6))} for _ in calls]
+        messages.append({"role": "assistant", "content": draw(text)})
+    return {"messages": messages, "tools": [WEATHER_TOOL]}
+
+
+_near_valid = st.fixed_dictionaries({"messages": st.lists(_near_valid_message, min_size=1, max_size=6)},
+                                    optional={"tools": st.just([WEATHER_TOOL]),
+                                              "parallel_tool_calls": st.booleans()})
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_records | _near_valid | _valid_chats(), st.sampled_from([None, "chosen"]))
+def test_fuzz_any_record_is_read_and_rendered_or_a_record_error(raw, preference_as):
+    from mtn_sails.data import record_to_json
+    from mtn_sails.template import PromptTemplate
+
+    try:
+        record = normalise(0, raw, preference_as)
+    except RecordError:
+        return
+    if isinstance(record, Record):
+        assert PromptTemplate().render(record)
+        stored = normalise(0, record_to_json(record))
+        assert stored.turns == record.turns or record.kind != "chat"
