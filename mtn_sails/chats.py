@@ -50,17 +50,25 @@ MESSAGES = ChatFormat("messages", "role", "content", MESSAGE_ROLES)
 CONVERSATIONS = ChatFormat("conversations", "from", "value", SHAREGPT_ROLES)
 
 
+def _loads(text: str) -> Any:
+    """The JSON value of `text`; a ValueError saying "not valid JSON (why)" when it has none."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"not valid JSON ({error.msg})") from None
+    except (RecursionError, ValueError):  # nested too deeply, an integer over 4300 digits
+        raise ValueError("not valid JSON") from None
+
+
 def tools_of(value: Any, where: str = "'tools'") -> list[dict]:
     """The tool definitions of a `tools` value (an array, or a JSON string holding one); ValueError if malformed."""
     if value is None or value == "" or value == []:
         return []
     if isinstance(value, str):
         try:
-            value = json.loads(value)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{where} is not valid JSON ({error.msg})") from None
-        except (RecursionError, ValueError):
-            raise ValueError(f"{where} is not valid JSON") from None
+            value = _loads(value)
+        except ValueError as error:
+            raise ValueError(f"{where} is {error}") from None
     if not isinstance(value, list):
         raise ValueError(f"{where} must be an array of tool definitions, got {type_name(value)}")
     for position, tool in enumerate(value):
@@ -207,11 +215,9 @@ class _ChatReader:
         """The calls in a ShareGPT function_call value: a JSON object or array of them (or the value itself)."""
         if isinstance(value, str):
             try:
-                value = json.loads(value)
-            except json.JSONDecodeError as error:
-                raise self.fail(f"{where}: the tool call is not valid JSON ({error.msg})", "tool-format") from None
-            except (RecursionError, ValueError):
-                raise self.fail(f"{where}: the tool call is not valid JSON", "tool-format") from None
+                value = _loads(value)
+            except ValueError as error:
+                raise self.fail(f"{where}: the tool call is {error}", "tool-format") from None
         return [self._call(where, call) for call in (value if isinstance(value, list) else [value])]
 
     def _call(self, where: str, raw: Any) -> dict:
@@ -223,13 +229,9 @@ class _ChatReader:
         arguments = inner.get("arguments", {})
         if isinstance(arguments, str):
             try:
-                arguments = json.loads(arguments) if arguments.strip() else {}
-            except json.JSONDecodeError as error:
-                raise self.fail(f"{where}: the arguments of tool call '{name}' are not valid JSON ({error.msg})",
-                                "tool-format") from None
-            except (RecursionError, ValueError):
-                raise self.fail(f"{where}: the arguments of tool call '{name}' are not valid JSON",
-                                "tool-format") from None
+                arguments = _loads(arguments) if arguments.strip() else {}
+            except ValueError as error:
+                raise self.fail(f"{where}: the arguments of tool call '{name}' are {error}", "tool-format") from None
         if not isinstance(arguments, dict):
             raise self.fail(f"{where}: the arguments of tool call '{name}' must be a JSON object, got "
                             f"{type_name(arguments)}", "tool-format")

@@ -320,3 +320,20 @@ def test_fuzz_any_record_is_read_and_rendered_or_a_record_error(raw, preference_
         assert PromptTemplate().render(record)
         stored = normalise(0, record_to_json(record))
         assert stored.turns == record.turns or record.kind != "chat"
+
+
+def test_a_tools_file_for_generate_is_read_or_refused_in_one_line(tmp_path):
+    from mtn_sails.chats import read_tools_file
+    from mtn_sails.errors import InputError
+
+    good = tmp_path / "tools.json"
+    good.write_text(json.dumps({"tools": [{"type": "function", "function": WEATHER_TOOL}]}), encoding="utf-8")
+    assert read_tools_file(good) == [{"type": "function", "function": WEATHER_TOOL}]
+    for content, message in [("[{name}]", "not a JSON file of tools"), ('[{"description": "x"}]', "is not a tool"),
+                             ("[]", "holds no tools")]:
+        (tmp_path / "bad.json").write_text(content, encoding="utf-8")
+        with pytest.raises(InputError, match=message) as info:
+            read_tools_file(tmp_path / "bad.json")
+        assert "\n" not in str(info.value)
+    with pytest.raises(InputError, match="cannot read"):
+        read_tools_file(tmp_path / "missing.json")
