@@ -178,6 +178,8 @@ def score_probe(model, tokenizer, template: PromptTemplate, records: Sequence[Re
     if max_new_tokens is None:
         max_new_tokens = max(len(item.answer_ids) for item in items) + EXTRA_NEW_TOKENS
     limit = _context_length(model)
+    if limit:  # an answer longer than the model's positions leave after its prompt cannot be given whole
+        max_new_tokens = min(max_new_tokens, limit // 2)
     prompts = [_fit(item.prompt_ids, (limit - max_new_tokens) if limit else 0) for item in items]
     with scoring(model):
         answers = greedy_answers(model, tokenizer, prompts, max_new_tokens, batch_size)
