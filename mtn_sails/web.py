@@ -60,8 +60,10 @@ class WebSite:
 
 def find_node_modules() -> Path:
     """The npm install holding transformers.js: $MTN_SAILS_NODE_MODULES, the checkout's, or ./node_modules."""
-    candidates = [Path(os.environ[NODE_MODULES_ENV])] if os.environ.get(NODE_MODULES_ENV) else []
-    candidates += [Path(__file__).resolve().parents[1] / "node_modules", Path.cwd() / "node_modules"]
+    if os.environ.get(NODE_MODULES_ENV):
+        candidates = [Path(os.environ[NODE_MODULES_ENV])]
+    else:
+        candidates = [Path(__file__).resolve().parents[1] / "node_modules", Path.cwd() / "node_modules"]
     for candidate in candidates:
         if all((candidate / name).is_file() for name in VENDOR_FILES):
             return candidate

@@ -32,7 +32,7 @@ def chromium_binary() -> str:
 class Chromium:
     """One headless browser with one page open at `url`; use as a context manager."""
 
-    def __init__(self, url: str, width: int = 1000, height: int = 800) -> None:
+    def __init__(self, url: str, width: int = 1000, height: int = 800, extra_flags: tuple[str, ...] = ()) -> None:
         self.profile = tempfile.mkdtemp(prefix="sails-chromium-")
         commands_read, self._commands = os.pipe()
         self._answers, answers_write = os.pipe()
@@ -43,7 +43,7 @@ class Chromium:
 
         self.log = tempfile.TemporaryFile()  # chromium's own stderr: a file, since a full pipe would stall it
         self.process = subprocess.Popen(
-            [chromium_binary(), *FLAGS, f"--user-data-dir={self.profile}", f"--window-size={width},{height}",
+            [chromium_binary(), *FLAGS, *extra_flags, f"--user-data-dir={self.profile}", f"--window-size={width},{height}",
              "about:blank"], stdout=subprocess.DEVNULL, stderr=self.log, preexec_fn=wire_pipes, pass_fds=(3, 4))
         os.close(commands_read)
         os.close(answers_write)

@@ -1,0 +1,98 @@
+"""A tiny GPT-2 that has learned the QA pairs, exported once per test run for the Node and browser tests.
+
+Random weights answer every question with the same few repeated tokens, which would let a runtime
+that mishandles positions or the cache still "agree"; a model that answers each question with its
+own sentence and then stops at eos checks the whole path. Overfitting 12 pairs directly (no Trainer:
+the training stage is tested elsewhere) keeps this to seconds.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import QA_PAIRS, REPO
+
+NODE_SCRIPT = REPO / "examples" / "node_generate.mjs"
+STEPS = 150  # loss ~0.1: each answer reproduced word for word under greedy decoding
+LEARNING_RATE = 5e-3
+
+
+@functools.cache
+def trained_export(root: Path) -> tuple[Path, Path]:
+    """(trained dir, ONNX dir with --quantize) under `root`; built once per process."""
+    import torch
+
+    from mtn_sails.config import ExportConfig
+    from mtn_sails.exporter import export
+    from mtn_sails.scratch import build_scratch_model
+    from mtn_sails.template import PromptTemplate
+
+    template = PromptTemplate()
+    texts = [template.prompt(question) + answer for question, answer in QA_PAIRS]
+    model, tokenizer = build_scratch_model(texts * 4, size="tiny", max_length=128, seed=0)
+    eos = tokenizer.eos_token_id
+    rows = [tokenizer(text)["input_ids"] + [eos] for text in texts]
+    width = max(map(len, rows))
+    input_ids = torch.tensor([row + [eos] * (width - len(row)) for row in rows])
+    labels = torch.tensor([row + [-100] * (width - len(row)) for row in rows])
+    torch.manual_seed(0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE)
+    model.train()
+    for _ in range(STEPS):
+        loss = model(input_ids=input_ids, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    trained = root / "trained_model"
+    model.save_pretrained(trained, safe_serialization=True)
+    tokenizer.save_pretrained(trained)
+    template.save(trained)
+    onnx_dir = root / "onnx_model"
+    export(ExportConfig(output_dir=str(trained), onnx_output=str(onnx_dir), quantize=True))
+    return trained, onnx_dir
+
+
+@pytest.fixture(scope="session")
+def web_export(tmp_path_factory) -> tuple[Path, Path]:
+    """(trained dir, ONNX dir) of the tiny model that learned the QA pairs; import it into a test module."""
+    return trained_export(tmp_path_factory.getbasetemp() / "web_model")
+
+
+def node_generate(onnx_dir: Path, questions: list[str], *options: str, timeout: int = 120) -> list[dict]:
+    """examples/node_generate.mjs (transformers.js on onnxruntime-node): one result per question."""
+    done = subprocess.run(["node", str(NODE_SCRIPT), str(onnx_dir), *questions, *options], cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+
+
+def python_generate(onnx_dir: Path, question: str, max_new_tokens: int, int8: bool = False) -> dict:
+    """Greedy tokens and text from mtn-sails generate (Python onnxruntime) for one question."""
+    import io
+
+    from mtn_sails.config import GenerateConfig
+    from mtn_sails.decoders import OnnxDecoder
+    from mtn_sails.generate import generate
+    from mtn_sails.model_files import load_tokenizer
+    from mtn_sails.onnx_runtime import model_file, onnx_session
+    from mtn_sails.sampling import decode
+    from mtn_sails.template import PromptTemplate
+
+    result = generate(GenerateConfig(prompt=question, onnx_output=str(onnx_dir), max_new_tokens=max_new_tokens,
+                                     int8=int8), stream=io.StringIO())
+    tokenizer = load_tokenizer(onnx_dir, "--onnx-output")
+    ids = tokenizer.encode(PromptTemplate.load(onnx_dir).prompt(question))
+    decoded = decode(OnnxDecoder(onnx_session(model_file(onnx_dir, int8))), ids, max_new_tokens,
+                     tokenizer.eos_token_id)
+    return {"text": result.text, "tokenIds": decoded.token_ids, "promptTokens": len(ids),
+            "stoppedAtEos": decoded.stopped_at_eos}
+
+
+if __name__ == "__main__":  # python tests/web_model.py DIR: build it there (benchmarks, screenshots)
+    sys.path.insert(0, str(REPO))
+    print(trained_export(Path(sys.argv[1]).resolve())[1])
