@@ -11,12 +11,13 @@ from typing import Any
 from .console import show
 from .errors import InputError
 from .history import Session, forgetting_series, load_history
-from .session_record import SessionRecord, as_record
+from .session_record import ForgettingRow, SessionRecord, as_record
 
 SESSION_COLUMNS = (("#", "session"), ("date", "date"), ("data", "data_file"), ("trained on", "train_examples"),
                    ("start", "start"), ("lr", "learning_rate"), ("epochs", "epochs"),
                    ("train loss", "train_loss"), ("eval loss", "eval_loss"), ("eval ppl", "eval_perplexity"),
                    ("held-out ppl", "held_out_perplexity"), ("time s", "duration_s"))
+RECALL_COLUMN = ("recall", "recall")  # exact-match recall of the session's probe right after it
 
 
 def number(value: Any, digits: int = 4) -> str:
@@ -45,10 +46,14 @@ def markdown_rows(header: list[str], rows: Iterable[list[str]]) -> list[str]:
     return [line(header), "|" + "---|" * len(header)] + [line(row) for row in rows]
 
 
-def session_table(sessions: Sequence[Session], markdown: bool = False) -> list[str]:
-    """The sessions as aligned text rows (or a Markdown table)."""
-    header = [title for title, _ in SESSION_COLUMNS]
-    rows = [[_cell(as_record(s), key) for _, key in SESSION_COLUMNS] for s in sessions]
+def session_table(sessions: Sequence[Session], markdown: bool = False,
+                  columns: Sequence[tuple[str, str]] = SESSION_COLUMNS) -> list[str]:
+    """The sessions as aligned text rows (or a Markdown table); a recall column when any session measured one."""
+    records = [as_record(s) for s in sessions]
+    if any(record.recall is not None for record in records):
+        columns = (*columns[:-1], RECALL_COLUMN, columns[-1])
+    header = [title for title, _ in columns]
+    rows = [[_cell(record, key) for _, key in columns] for record in records]
     if markdown:
         return markdown_rows(header, rows)
     widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
@@ -57,8 +62,43 @@ def session_table(sessions: Sequence[Session], markdown: bool = False) -> list[s
 
 def forgetting_table(session: Session) -> list[str]:
     """Rows of the forgetting table stored with one session (empty when it has none)."""
-    return [f"  session {row.session}: perplexity {number(row.perplexity_before)} "
-            f"-> {number(row.perplexity_after)} (x{number(row.ratio, 3)})" for row in as_record(session).forgetting]
+    return [forgetting_line(row) for row in as_record(session).forgetting]
+
+
+def forgetting_line(row: ForgettingRow) -> str:
+    """One earlier session, then -> now: answer recall and log-probability when it has a probe, and
+    held-out perplexity when it has a held-out slice."""
+    parts = []
+    if row.recall_after is not None:
+        kept = f", kept {row.kept:.0%}" if row.kept is not None else ""
+        parts.append(f"recall {number(row.recall_before, 3)} -> {number(row.recall_after, 3)}{kept}")
+        parts.append(f"answer log-prob {number(row.answer_logprob_before, 3)} -> {number(row.answer_logprob_after, 3)}")
+    if row.perplexity_after is not None or row.recall_after is None:
+        parts.append(f"perplexity {number(row.perplexity_before)} -> {number(row.perplexity_after)} "
+                     f"(x{number(row.ratio, 3)})")
+    return f"  session {row.session}: " + ", ".join(parts)
+
+
+def forgetting_measures(session: Session) -> str:
+    """What the session's forgetting rows measure, for their heading."""
+    with_recall = any(row.recall_after is not None for row in as_record(session).forgetting)
+    return "answer recall and held-out perplexity" if with_recall else "held-out perplexity"
+
+
+def session_metrics(session: Session) -> str:
+    """The session's end figures in words: the last epoch's train loss (the session mean beside it),
+    held-out perplexity and the share of its probe answers it gives."""
+    record = as_record(session)
+    final, mean = record.final_train_loss(), record.train_loss
+    parts = [f"train loss {number(final)} at the last epoch"
+             + (f" (mean over the session {number(mean)})" if mean is not None and final != mean else "")]
+    if record.held_out_perplexity is not None:
+        parts.append(f"held-out perplexity {record.held_out_perplexity:.2f}")
+    elif record.eval_perplexity is not None:
+        parts.append(f"eval perplexity {record.eval_perplexity:.2f}")
+    if record.recall is not None and record.probe_count:
+        parts.append(f"answers recalled {round(record.recall * record.probe_count)}/{record.probe_count}")
+    return ", ".join(parts)
 
 
 def forgetting_matrix(sessions: Sequence[Session]) -> list[str]:
@@ -93,7 +133,7 @@ def print_history(model_dir: str | Path, as_json: bool = False, plot: bool = Fal
     for session in sessions:
         rows = forgetting_table(session)
         if rows:
-            show(f"Forgetting after session {session.session} (held-out perplexity, then -> now):")
+            show(f"Forgetting after session {session.session} ({forgetting_measures(session)}, then -> now):")
             for line in rows:
                 show(line)
     for image in images:

@@ -13,13 +13,14 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from . import __version__, store
-from .config import SCRATCH_MODEL_NAME, PipelineConfig, TrainConfig
+from .config import KEEP_THRESHOLD, SCRATCH_MODEL_NAME, PipelineConfig, TrainConfig
 from .console import say
 from .data import Record, check_data_path, file_sha256
 from .detector import TrainingPlan, plan_training
 from .errors import InputError
 from .history import load_history
-from .history_table import forgetting_table
+from .forgetting import Measurements, lost_answers, measure_session, retention_advice
+from .history_table import forgetting_measures, forgetting_table, session_metrics
 from .model_card import save_history
 from .session_record import ForgettingRow, SessionRecord
 from .template import PromptTemplate
@@ -91,23 +92,6 @@ def draw_replay(model_dir: Path, new_count: int, fraction: float, seed: int) -> 
         share = wanted // len(slices) + (position >= len(slices) - wanted % len(slices))
         drawn += [rng.choice(records) for _ in range(share)] if share > len(records) else rng.sample(records, share)
     return drawn
-
-
-def measure_forgetting(model, tokenizer, template: PromptTemplate, model_dir: Path,
-                       history: list[SessionRecord], max_length: int) -> list[ForgettingRow]:
-    """Per earlier session: its held-out loss right after it was trained, and now."""
-    from .trainer import evaluate_records, perplexity
-
-    before = {s.session: s.held_out_loss for s in history}
-    rows = []
-    for session, records in store.read_slices(model_dir, store.HELD_OUT_DIR).items():
-        if session not in before:
-            continue
-        after = evaluate_records(model, tokenizer, records, template, max_length)
-        ppl_before, ppl_after = perplexity(before[session]), perplexity(after)
-        ratio = ppl_after / ppl_before if ppl_before and ppl_after is not None else None
-        rows.append(ForgettingRow(session, before[session], after, ppl_before, ppl_after, ratio))
-    return rows
 
 
 MAX_CHECKPOINTS = 10  # per session by default: saving optimizer state every short epoch dominated many-epoch runs
@@ -205,7 +189,17 @@ def _start_session(config: TrainConfig, onnx_output: str | None, processes):
         (work / "plan.json").write_text(json.dumps(dataclasses.asdict(plan)), encoding="utf-8")
     for message in plan.messages:
         say(message)
+    if plan.continues and checkpoint is None:
+        _say_if_trained_before(output_dir, data_sha256)
     return config, plan, rows, data_sha256, work, checkpoint
+
+
+def _say_if_trained_before(output_dir: Path, data_sha256: str) -> None:
+    """Continuing on a file an earlier session trained on goes on, but says so."""
+    earlier = [str(s.session) for s in load_history(output_dir) if s.data_sha256 == data_sha256]
+    if earlier:
+        say(f"ℹ️  this file was trained in session{'s' * (len(earlier) > 1)} {', '.join(earlier)}; "
+            "training on it again weighs its records twice")
 
 
 def _discard_unresumable_work(output_dir: Path) -> None:
@@ -227,6 +221,7 @@ class SessionData:
     held_out_rows: Any | None
     held_out: list[Record]
     replayed: list[Record]
+    probe: list[Record]  # trained question/answer records whose answers are checked after later sessions
 
 
 @dataclass
@@ -236,14 +231,6 @@ class StartModel:
     model: Any
     tokenizer: Any
     max_length: int
-
-
-@dataclass
-class Measurements:
-    """What the trained model scores before it is saved: earlier sessions again, and its own held-out slice."""
-
-    forgetting: list[ForgettingRow]
-    held_out_loss: float | None
 
 
 def _run_session(config: TrainConfig, plan: TrainingPlan, rows, data_sha256: str, work: Path,
@@ -256,8 +243,7 @@ def _run_session(config: TrainConfig, plan: TrainingPlan, rows, data_sha256: str
     start = load_session_model(config, plan, data, template, checkpoint)
     trainer, outcome = train_session(config, plan, data, start, template, work, checkpoint, processes)
     history = load_history(output_dir) if plan.continues else []
-    measured = measure_session(trainer.model, start, template, data, output_dir, history) \
-        if processes.is_main() else None
+    measured = measure(trainer.model, start, template, data, output_dir, history) if processes.is_main() else None
     staging = save_weights(trainer, output_dir, processes)
     if not processes.is_main():
         return SessionResult(output_dir, plan, None)
@@ -265,19 +251,22 @@ def _run_session(config: TrainConfig, plan: TrainingPlan, rows, data_sha256: str
     backup = commit_session(staging, output_dir, config, plan, data, history + [record], template)
     shutil.rmtree(work, ignore_errors=True)
     result = SessionResult(output_dir, plan, record, backup)
-    report_session(result)
+    report_session(result, config.keep_threshold)
     return result
 
 
 def prepare_records(config: TrainConfig, plan: TrainingPlan, rows, data_sha256: str) -> SessionData:
     """Split the file's records into trained and held out, and draw the replay of earlier sessions."""
-    from .tokenized import iter_records, split_dataset
+    from .probe import PROBE_LIMIT, probe_records
+    from .tokenized import iter_records, sample, split_dataset
 
     train_rows, held_out_rows = split_dataset(rows, config.eval_split, config.seed)
     held_out = list(iter_records(held_out_rows)) if held_out_rows is not None else []
     replayed = draw_replay(Path(config.output_dir), len(train_rows), config.replay, config.seed) \
         if plan.continues else []
-    return SessionData(rows, data_sha256, train_rows, held_out_rows, held_out, replayed)
+    # a bounded draw first, so that a million-record file is not read whole to pick 64 questions
+    probe = probe_records(sample(train_rows, 4 * PROBE_LIMIT, config.seed), PROBE_LIMIT, config.seed)
+    return SessionData(rows, data_sha256, train_rows, held_out_rows, held_out, replayed, probe)
 
 
 def load_session_model(config: TrainConfig, plan: TrainingPlan, data: SessionData, template: PromptTemplate,
@@ -316,17 +305,11 @@ def train_session(config: TrainConfig, plan: TrainingPlan, data: SessionData, st
     return run_training(start.model, start.tokenizer, tokens, settings, resume_from=checkpoint)
 
 
-def measure_session(model, start: StartModel, template: PromptTemplate, data: SessionData, output_dir: Path,
-                    history: list[SessionRecord]) -> Measurements:
-    """Earlier sessions' held-out slices and this session's own, scored by the trained model (main process)."""
-    from .trainer import evaluate_records
-
-    forgetting = measure_forgetting(model, start.tokenizer, template, output_dir, history, start.max_length) \
-        if history else []
-    held_out = data.held_out[:store.MAX_HELD_OUT_RECORDS]
-    held_out_loss = evaluate_records(model, start.tokenizer, held_out, template, start.max_length) \
-        if held_out else None
-    return Measurements(forgetting, held_out_loss)
+def measure(model, start: StartModel, template: PromptTemplate, data: SessionData, output_dir: Path,
+            history: list[SessionRecord]) -> Measurements:
+    """The trained model scored on this session's held-out slice and probe, and on every earlier session's."""
+    return measure_session(model, start.tokenizer, template, data.held_out[:store.MAX_HELD_OUT_RECORDS], data.probe,
+                           output_dir, history, start.max_length)
 
 
 def save_weights(trainer, output_dir: Path, processes) -> Path:
@@ -360,7 +343,8 @@ def session_record(config: TrainConfig, plan: TrainingPlan, data: SessionData, s
         held_out_loss=measured.held_out_loss, held_out_perplexity=perplexity(measured.held_out_loss),
         duration_s=round(time.time() - started, 1), device=outcome.device, precision=outcome.precision,
         world_size=outcome.world_size, replay=config.replay, seed=config.seed, versions=_versions(),
-        forgetting=measured.forgetting, loss_curve=outcome.loss_curve)
+        forgetting=measured.forgetting, loss_curve=outcome.loss_curve, probe_count=measured.probe.count,
+        recall=measured.probe.recall, answer_logprob=measured.probe.answer_logprob)
 
 
 def commit_session(staging: Path, output_dir: Path, config: TrainConfig, plan: TrainingPlan, data: SessionData,
@@ -378,6 +362,8 @@ def commit_session(staging: Path, output_dir: Path, config: TrainConfig, plan: T
                           store.MAX_HELD_OUT_RECORDS, config.seed)
     store.write_slice(staging, store.REPLAY_DIR, number, sample(data.train_rows, store.MAX_REPLAY_RECORDS,
                                                                 config.seed), store.MAX_REPLAY_RECORDS, config.seed)
+    if data.probe:
+        store.write_slice(staging, store.PROBE_DIR, number, data.probe, len(data.probe), config.seed)
     save_history(staging, sessions)
     (staging / "mtn_sails_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n",
                                                   encoding="utf-8")
@@ -386,18 +372,19 @@ def commit_session(staging: Path, output_dir: Path, config: TrainConfig, plan: T
     return backup
 
 
-def report_session(result: SessionResult) -> None:
-    """The end-of-session summary: metrics, forgetting table, where things are."""
+def report_session(result: SessionResult, keep_threshold: float = KEEP_THRESHOLD) -> None:
+    """The end-of-session summary: metrics, forgetting table, lost answers, where things are."""
     session = result.session
-    loss = "-" if session.train_loss is None else round(session.train_loss, 4)
-    ppl = session.eval_perplexity
-    say(f"✅ Session {session.session} saved to {result.output_dir} (train loss {loss}"
-        + (f", eval perplexity {ppl:.2f}" if ppl is not None else "") + f", {session.duration_s} s)")
+    say(f"✅ Session {session.session} saved to {result.output_dir} ({session_metrics(session)}, "
+        f"{session.duration_s} s)")
     rows = forgetting_table(session)
     if rows:
-        say("📊 Forgetting (held-out perplexity of earlier sessions, then -> now):")
+        say(f"📊 Forgetting ({forgetting_measures(session)} of earlier sessions, then -> now):")
         for row in rows:
             say(row)
+    for row in lost_answers(session.forgetting, keep_threshold):
+        say(f"⚠️  Session {row.session} lost answers: recall {row.recall_before:.2f} -> {row.recall_after:.2f} "
+            f"(keeps {row.kept:.0%}, under {keep_threshold:.0%}); {retention_advice()}")
     if result.backup_dir is not None:
         say(f"💾 The previous contents of {result.output_dir} were kept at {result.backup_dir}")
 

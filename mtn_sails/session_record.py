@@ -117,7 +117,6 @@ class SessionRecord(_JsonRecord):
     probe_count: int | None = None  # question/answer records kept in probe/ to measure recall later
     recall: float | None = None  # exact-match recall of this session's probe right after it
     answer_logprob: float | None = None
-    retrained_sessions: list[int] | None = None  # earlier sessions that trained on the same data file
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod

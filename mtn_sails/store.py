@@ -266,12 +266,14 @@ def locked(target: str | Path) -> Iterator[Path]:
 
 HELD_OUT_DIR = "held_out"  # one JSONL per session: records never trained on, re-evaluated every session
 REPLAY_DIR = "replay"  # one JSONL per session: a sample of its training records, for --replay
+PROBE_DIR = "probe"  # one JSONL per session: trained question/answer records whose answers are checked again
+SLICE_DIRS = (HELD_OUT_DIR, REPLAY_DIR, PROBE_DIR)
 MAX_HELD_OUT_RECORDS = 200  # per session, so re-evaluating every earlier session stays cheap
 MAX_REPLAY_RECORDS = 1000  # per session, bounding the model directory's growth
 
 
 def slice_path(model_dir: str | Path, kind: str, session: int) -> Path:
-    """The held-out or replay file of one session inside a model directory."""
+    """The held-out, replay or probe file of one session inside a model directory."""
     return Path(model_dir) / kind / f"session_{session:03d}.jsonl"
 
 
@@ -303,8 +305,8 @@ def read_slices(model_dir: str | Path, kind: str) -> dict[int, list]:
 
 
 def copy_slices(source_dir: str | Path, target_dir: str | Path) -> None:
-    """Carry earlier sessions' held-out and replay slices into a new model version."""
-    for kind in (HELD_OUT_DIR, REPLAY_DIR):
+    """Carry earlier sessions' held-out, replay and probe slices into a new model version."""
+    for kind in SLICE_DIRS:
         if (Path(source_dir) / kind).is_dir():
             shutil.copytree(Path(source_dir) / kind, Path(target_dir) / kind, dirs_exist_ok=True)
 

@@ -20,7 +20,7 @@ from mtn_sails.history import load_history
 
 SESSION_FILES = {"README.md", "config.json", "generation_config.json", "held_out", "merges.txt", "loss_curve.png",
                  "forgetting.png",
-                 "model.safetensors", "mtn_sails_config.json", "prompt_template.json", "replay",
+                 "model.safetensors", "mtn_sails_config.json", "probe", "prompt_template.json", "replay",
                  "special_tokens_map.json", "tokenizer.json", "tokenizer_config.json",
                  "training_history.json", "vocab.json"}
 
