@@ -38,17 +38,28 @@ def write_history(model_dir: str | Path, sessions: Sequence[Session]) -> Path:
     return path
 
 
-def forgetting_series(sessions: Sequence[Session]) -> dict[int, list[tuple[int, float | None]]]:
-    """Per session: [(session after which it was measured, held-out perplexity of its data)], the first
-    point right after it was trained, the others from the forgetting rows of later sessions."""
+# per measure: (the session's own field right after it, the forgetting row's before and after fields)
+FORGETTING_MEASURES = {"perplexity": ("held_out_perplexity", "perplexity_before", "perplexity_after"),
+                       "recall": ("recall", "recall_before", "recall_after")}
+
+
+def forgetting_series(sessions: Sequence[Session], measure: str = "perplexity") -> dict[int, list[tuple[int, float | None]]]:
+    """Per session: [(session after which it was measured, its held-out perplexity or probe recall)], the
+    first point right after it was trained, the others from the forgetting rows of later sessions."""
+    own, before, after = FORGETTING_MEASURES[measure]
     records = [as_record(s) for s in sessions]
     series: dict[int, dict[int, float | None]] = {}
     for record in records:
-        series.setdefault(record.session, {})[record.session] = record.held_out_perplexity
+        series.setdefault(record.session, {})[record.session] = getattr(record, own)
     for record in records:
         for row in record.forgetting:
             points = series.setdefault(row.session, {})
-            if points.get(row.session) is None and row.perplexity_before is not None:
-                points[row.session] = row.perplexity_before
-            points[record.session] = row.perplexity_after
+            if points.get(row.session) is None and getattr(row, before) is not None:
+                points[row.session] = getattr(row, before)
+            points[record.session] = getattr(row, after)
     return {session: sorted(points.items()) for session, points in sorted(series.items())}
+
+
+def has_recall(sessions: Sequence[Session]) -> bool:
+    """True when any session measured the answer recall of a probe."""
+    return any(as_record(s).recall is not None for s in sessions)

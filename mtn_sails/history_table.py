@@ -101,14 +101,15 @@ def session_metrics(session: Session) -> str:
     return ", ".join(parts)
 
 
-def forgetting_matrix(sessions: Sequence[Session]) -> list[str]:
-    """Markdown table: held-out perplexity of each session's data (rows) after each session (columns)."""
+def forgetting_matrix(sessions: Sequence[Session], measure: str = "perplexity") -> list[str]:
+    """Markdown table: each session's data (rows) measured after each session (columns)."""
     numbers = [as_record(s).session for s in sessions]
     header = ["data of"] + [f"after {n}" for n in numbers]
     rows = []
-    for session, points in forgetting_series(sessions).items():
+    for session, points in forgetting_series(sessions, measure).items():
         values = dict(points)
-        rows.append([f"session {session}"] + [number(values.get(n)) if n >= session else "" for n in numbers])
+        rows.append([f"session {session}"] + [number(values.get(n), 3 if measure == "recall" else 4)
+                                              if n >= session else "" for n in numbers])
     return markdown_rows(header, rows)
 
 

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .history import FORGETTING_FILE, LOSS_CURVE_FILE, forgetting_series, load_history
+from .history import FORGETTING_FILE, LOSS_CURVE_FILE, forgetting_series, has_recall, load_history
 
 FIGURE_SIZE = (8.0, 4.5)  # inches; at DPI 100 an 800x450 picture, readable inline on a model card
 DPI = 100
@@ -116,9 +116,11 @@ def plot_loss_curve(sessions: list[dict[str, Any]], path: str | Path) -> Path:
 
 
 def plot_forgetting(sessions: list[dict[str, Any]], path: str | Path) -> Path:
-    """Draw each session's held-out perplexity right after it and after every later session; returns `path`."""
+    """Draw each session's answer recall (held-out perplexity when no session has a probe) right after it
+    and after every later session; returns `path`."""
+    measure = "recall" if has_recall(sessions) else "perplexity"
     series = {number: [(x, y) for x, y in points if _finite(y)]
-              for number, points in forgetting_series(sessions).items()}
+              for number, points in forgetting_series(sessions, measure).items()}
     series = {number: points for number, points in series.items() if points}
     numbers = [int(s.get("session", i + 1)) for i, s in enumerate(sessions)]
     with _style():
@@ -131,8 +133,10 @@ def plot_forgetting(sessions: list[dict[str, Any]], path: str | Path) -> Path:
                                   fontsize=8, color=line.get_color())
         values = [y for points in series.values() for _, y in points]
         axes.margins(y=0.12)  # room for the value labels above the highest points
-        if values and min(values) > 0 and max(values) / min(values) > 20:
+        if measure == "perplexity" and values and min(values) > 0 and max(values) / min(values) > 20:
             axes.set_yscale("log")  # a scratch model starts in the hundreds and ends near 1
+        if measure == "recall":
+            axes.set_ylim(-0.05, 1.12)
         if numbers:
             axes.set_xticks(numbers)
             axes.set_xlim(min(numbers) - 0.5, max(numbers) + 0.5)
@@ -144,9 +148,10 @@ def plot_forgetting(sessions: list[dict[str, Any]], path: str | Path) -> Path:
         if series:
             axes.legend(loc="best", fontsize=8, ncol=1 + len(series) // 10)
         axes.set_xlabel("after session")
-        axes.set_ylabel("held-out perplexity (lower is better)")
-        axes.set_title("Held-out perplexity of each session's data as training goes on"
-                       if len(sessions) > 1 else "Held-out perplexity (forgetting needs two sessions)")
+        what = "answer recall (higher is better)" if measure == "recall" else "held-out perplexity (lower is better)"
+        axes.set_ylabel(what)
+        axes.set_title((f"{what.split(' (')[0].capitalize()} of each session's data as training goes on")
+                       if len(sessions) > 1 else f"{what.split(' (')[0].capitalize()} (forgetting needs two sessions)")
         axes.grid(alpha=0.3)
         return _save(figure, path)
 

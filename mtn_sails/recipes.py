@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from . import __version__, store
-from .config import KEEP_THRESHOLD, SCRATCH_MODEL_NAME, PipelineConfig, TrainConfig
+from .config import DEFAULT_ONNX_OUTPUT, KEEP_THRESHOLD, SCRATCH_MODEL_NAME, PipelineConfig, TrainConfig
 from .console import say
 from .data import Record, check_data_path, file_sha256
 from .detector import TrainingPlan, plan_training
@@ -151,7 +151,8 @@ def train(config: TrainConfig, onnx_output: str | None = None) -> SessionResult:
     output_dir = Path(config.output_dir)
     with store.locked(output_dir) if processes.is_main() else contextlib.nullcontext():
         try:
-            return _run_session(*_start_session(config, onnx_output, processes), processes)
+            return _run_session(*_start_session(config, onnx_output, processes), processes,
+                                onnx_output or DEFAULT_ONNX_OUTPUT)
         except BaseException:
             if processes.is_main():
                 _discard_unresumable_work(output_dir)
@@ -234,7 +235,7 @@ class StartModel:
 
 
 def _run_session(config: TrainConfig, plan: TrainingPlan, rows, data_sha256: str, work: Path,
-                 checkpoint: str | None, processes) -> SessionResult:
+                 checkpoint: str | None, processes, onnx_output: str) -> SessionResult:
     """Records in -> start model -> train -> measure -> commit, swapped into config.output_dir."""
     started = time.time()
     output_dir = Path(config.output_dir)
@@ -248,7 +249,7 @@ def _run_session(config: TrainConfig, plan: TrainingPlan, rows, data_sha256: str
     if not processes.is_main():
         return SessionResult(output_dir, plan, None)
     record = session_record(config, plan, data, start, outcome, measured, len(history) + 1, checkpoint, started)
-    backup = commit_session(staging, output_dir, config, plan, data, history + [record], template)
+    backup = commit_session(staging, output_dir, config, plan, data, history + [record], template, onnx_output)
     shutil.rmtree(work, ignore_errors=True)
     result = SessionResult(output_dir, plan, record, backup)
     report_session(result, config.keep_threshold)
@@ -348,9 +349,9 @@ def session_record(config: TrainConfig, plan: TrainingPlan, data: SessionData, s
 
 
 def commit_session(staging: Path, output_dir: Path, config: TrainConfig, plan: TrainingPlan, data: SessionData,
-                   sessions: list[SessionRecord], template: PromptTemplate) -> Path | None:
-    """Complete the staged directory (template, slices, history, card, config) and swap it in; returns where
-    the replaced model was kept, if it was."""
+                   sessions: list[SessionRecord], template: PromptTemplate, onnx_output: str) -> Path | None:
+    """Complete the staged directory (template, slices, history, card naming the model's and its export's
+    paths, config) and swap it in; returns where the replaced model was kept, if it was."""
     from .tokenized import sample
 
     template.save(staging)
@@ -364,7 +365,7 @@ def commit_session(staging: Path, output_dir: Path, config: TrainConfig, plan: T
                                                                 config.seed), store.MAX_REPLAY_RECORDS, config.seed)
     if data.probe:
         store.write_slice(staging, store.PROBE_DIR, number, data.probe, len(data.probe), config.seed)
-    save_history(staging, sessions)
+    save_history(staging, sessions, str(config.output_dir), onnx_output)
     (staging / "mtn_sails_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n",
                                                   encoding="utf-8")
     backup = store.backup_path(output_dir) if plan.backup_existing and output_dir.exists() else None

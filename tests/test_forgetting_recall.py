@@ -113,3 +113,16 @@ def test_a_probe_answer_longer_than_the_model_positions_is_scored_not_a_crash(ti
     records = list(load_records(write_qa(tmp_path / "long.json", [("Say it all?", long_answer)] + FIRST)))
     score = probe_score_of(tiny_model_dir, records)
     assert score.count == 5 and score.recall is not None and score.answer_logprob is not None
+
+
+def test_the_card_and_chart_show_recall(two_sessions):
+    from mtn_sails.history import CARD_FILE, FORGETTING_FILE
+    from mtn_sails.history_table import forgetting_matrix
+
+    _, output, _, _ = two_sessions
+    card = (output / CARD_FILE).read_text(encoding="utf-8")
+    recall_rows = forgetting_matrix(load_history(output), "recall")
+    assert "Answer recall of each session's probe" in card and recall_rows[2] in card
+    first, second = load_history(output)
+    assert recall_rows[2] == f"| session 1 | {first.recall:.3g} | {second.forgetting[0].recall_after:.3g} |"
+    assert (output / FORGETTING_FILE).read_bytes()[:4] == b"\x89PNG"

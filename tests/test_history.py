@@ -207,3 +207,18 @@ def test_a_real_session_leaves_pictures_the_card_shows(tiny_model_dir, qa_file, 
     [session] = load_history(output)
     assert f"`{session['data_sha256']}`" in card and "qa.json" in card
     assert "base_model" not in front_matter(card) and str(tiny_model_dir) not in card  # a path is no hub id
+
+
+def test_the_card_names_the_paths_the_model_really_has_and_both_rate_pairs(tmp_path):
+    PromptTemplate().save(tmp_path)
+    save_history(tmp_path, three_sessions(), "demo/trained_model", "demo/onnx_model")
+    card = (tmp_path / CARD_FILE).read_text(encoding="utf-8")
+    assert "path = 'demo/trained_model'" in card and "path = 'demo/onnx_model'" in card
+    assert "--output-dir demo/trained_model" in card and "./trained_model" not in card
+    assert "1e-05 after 5e-05" in card and "0.0002 after 0.001" in card
+
+
+def test_the_card_shows_one_perplexity_column_and_says_what_it_is():
+    card = model_card(three_sessions())
+    header = next(line for line in card.splitlines() if line.startswith("| # | date |"))
+    assert "held-out ppl" in header and "eval ppl" not in header
