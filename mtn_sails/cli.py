@@ -93,7 +93,7 @@ COMMANDS: dict[str, Command] = {
                         "  mtn-sails validate --data-file data.jsonl --json --strict"),
     "train": Command(TrainConfig, run_train, "train, continuing the model in --output-dir if there is one",
                      "mtn-sails train --data-file dataset1.json --epochs 3\n"
-                     "  mtn-sails train --data-file dataset2.json --epochs 2   # continues at 1e-5\n"
+                     "  mtn-sails train --data-file dataset2.json --epochs 2   # continues at 1e-5 (2e-4 after scratch)\n"
                      "  mtn-sails train --data-file data.json --model-name scratch   # offline base"),
     "pipeline": Command(PipelineConfig, run_pipeline, "validate, train, export to ONNX, check parity",
                         "mtn-sails pipeline --data-file programming_basics.json --epochs 3\n"

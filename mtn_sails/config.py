@@ -66,7 +66,8 @@ class TrainConfig:
                                choices=SCRATCH_SIZES)
     epochs: float = option("passes over the data", default=3.0)
     learning_rate: float | None = option(
-        "peak learning rate; unset: 5e-5 for a first session, 1e-5 when continuing")
+        "peak learning rate; unset: 5e-5 for a first session, 1e-5 when continuing (the offline scratch base: "
+        "1e-3, then 2e-4)")
     batch_size: int = option("examples per device per step", default=8)
     gradient_accumulation_steps: int = option("steps summed before each optimizer update", default=1)
     max_length: int = option("tokens per example; plain text is packed into blocks of this size",

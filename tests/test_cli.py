@@ -123,3 +123,11 @@ def test_colours_only_on_a_terminal_and_never_with_no_color(monkeypatch):
         os.close(leader)
     monkeypatch.delenv("NO_COLOR", raising=False)
     assert not use_color(open(os.devnull, "w"))
+
+
+def test_train_help_names_both_rate_pairs(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "5e-5 for a first session, 1e-5 when continuing" in text and "1e-3, then 2e-4" in text
+    assert "continues at 1e-5 (2e-4 after scratch)" in text
