@@ -49,7 +49,7 @@ def validate(data_file: str | Path | None = None, *, config: ValidateConfig | No
 
     data = str(data_file) if data_file is not None else None
     settled = _config(ValidateConfig, config, {"data_file": data, **options})
-    return validate_file(settled.data_file, max_length=settled.max_length)
+    return validate_file(settled.data_file, max_length=settled.max_length, preference_as=settled.preference_as)
 
 
 def train(data_file: str | Path | None = None, *, config: TrainConfig | None = None, verbose: bool = False,

@@ -24,7 +24,8 @@ def run_validate(config: ValidateConfig) -> int:
     """Print the data-quality report; exit 0, or 3 on errors (and warnings with --strict)."""
     from .quality import print_report, validate_file
 
-    report = validate_file(config.data_file, max_length=config.max_length)
+    report = validate_file(config.data_file, max_length=config.max_length,
+                           preference_as=config.preference_as)
     print_report(report, as_json=config.json)
     return report.exit_code(strict=config.strict)
 

@@ -173,10 +173,10 @@ def _start_session(config: TrainConfig, onnx_output: str | None, processes):
     check_data_path(config.data_file)
     data_sha256 = file_sha256(config.data_file)
     if processes.is_main():  # the others then read the Arrow cache it wrote
-        rows = records_dataset(config.data_file, data_sha256)
+        rows = records_dataset(config.data_file, data_sha256, config.preference_as)
     processes.barrier()
     if not processes.is_main():
-        rows = records_dataset(config.data_file, data_sha256)
+        rows = records_dataset(config.data_file, data_sha256, config.preference_as)
     work = store.sibling(output_dir, "work")
     config, checkpoint = _resume_state(work, config, data_sha256)
     if checkpoint is None:
@@ -407,7 +407,8 @@ def pipeline(config: PipelineConfig) -> PipelineResult:
     from .quality import print_report, validate_file
 
     processes = current_processes(config.device)
-    report = validate_file(config.data_file, max_length=config.max_length)
+    report = validate_file(config.data_file, max_length=config.max_length,
+                           preference_as=config.preference_as)
     print_report(report, as_json=False, as_result=False)
     if report.exit_code(strict=config.strict):
         from .errors import ValidationFailed

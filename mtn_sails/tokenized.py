@@ -59,16 +59,18 @@ def iter_records(dataset: Dataset) -> Iterator[Record]:
         yield from rows_to_records(batch)
 
 
-def _rows(path: str, sha256: str) -> Iterator[dict[str, Any]]:
+def _rows(path: str, sha256: str, preference_as: str | None) -> Iterator[dict[str, Any]]:
     del sha256  # part of the cache key only: the same path with new content is a new dataset
-    for record in load_records(path):
+    for record in load_records(path, preference_as):
         yield record_to_row(record)
 
 
-def records_dataset(path: str | Path, sha256: str) -> Dataset:
-    """The data file's records as an Arrow dataset (streamed from the file; cached by content hash)."""
+def records_dataset(path: str | Path, sha256: str, preference_as: str | None = None) -> Dataset:
+    """The data file's records as an Arrow dataset (streamed from the file; cached by content hash and by how
+    preference data is read)."""
     try:
-        return Dataset.from_generator(_rows, features=ROW_FEATURES, gen_kwargs={"path": str(path), "sha256": sha256})
+        return Dataset.from_generator(_rows, features=ROW_FEATURES, gen_kwargs={
+            "path": str(path), "sha256": sha256, "preference_as": preference_as})
     except datasets.exceptions.DatasetGenerationError as error:
         cause = error.__cause__
         while cause is not None and not isinstance(cause, SailsError):

@@ -337,3 +337,21 @@ def test_a_tools_file_for_generate_is_read_or_refused_in_one_line(tmp_path):
         assert "\n" not in str(info.value)
     with pytest.raises(InputError, match="cannot read"):
         read_tools_file(tmp_path / "missing.json")
+
+
+def test_preference_data_trains_its_chosen_side_only_when_asked(tiny_model_dir, tmp_path):
+    from mtn_sails import store
+    from mtn_sails.cli import main
+
+    raw, chosen = PREFERENCE["trl explicit prompt"]
+    data = tmp_path / "prefs.jsonl"
+    data.write_text(json.dumps(raw) + "\n", encoding="utf-8")
+    output = tmp_path / "trained_model"
+    common = ["--data-file", str(data), "--output-dir", str(output), "--model-name", str(tiny_model_dir),
+              "--epochs", "1", "--eval-split", "0", "--max-length", "64"]
+    assert main(["validate", "--data-file", str(data)]) == 3
+    assert main(["validate", "--data-file", str(data), "--preference-as", "chosen"]) == 0
+    assert main(["train", *common]) == 3 and not output.exists()
+    assert main(["train", *common, "--preference-as", "chosen"]) == 0
+    [stored] = store.read_slices(output, store.REPLAY_DIR)[1]
+    assert stored.turns[-1].content == chosen.response
