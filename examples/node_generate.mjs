@@ -1,5 +1,6 @@
 // transformers.js in Node on an mtn-sails export folder, as it is: prints one JSON line per question.
-//   node examples/node_generate.mjs ONNX_DIR "What is a variable?" [--int8] [--max-new-tokens N] [--temperature T] [--top-p P]
+//   node examples/node_generate.mjs ONNX_DIR "What is a variable?" [--int8] [--max-new-tokens N] [--temperature T]
+//        [--top-p P] [--repeat R] [--min-new-tokens N (eos held back: a fixed length, for benchmarks)]
 // Needs `npm ci` (make does it). The tests compare its greedy tokens with Python's generate.
 import { readFileSync } from "node:fs";
 import { basename, dirname, resolve } from "node:path";
@@ -14,6 +15,7 @@ const { values, positionals } = parseArgs({
   options: {
     int8: { type: "boolean", default: false },
     "max-new-tokens": { type: "string", default: "64" },
+    "min-new-tokens": { type: "string", default: "0" },
     temperature: { type: "string", default: "0" },
     "top-p": { type: "string", default: "1" },
     repeat: { type: "string", default: "1" },
@@ -34,6 +36,7 @@ const template = JSON.parse(readFileSync(`${folder}/prompt_template.json`, "utf-
 const loadSeconds = (performance.now() - started) / 1000;
 const options = {
   maxNewTokens: Number(values["max-new-tokens"]),
+  minNewTokens: Number(values["min-new-tokens"]),
   temperature: Number(values.temperature),
   topP: Number(values["top-p"]),
 };

@@ -194,7 +194,7 @@ def web(config: WebConfig) -> WebSite:
     say(f"🌐 Page written to {config.out} ({site.total_bytes() / 1e6:.1f} MB, models: "
         f"{', '.join('int8' if d == 'q8' else d for d in site.dtypes)}{linked})")
     if not config.serve:
-        show(f"Serve {config.out} with any static web server, or run `mtn-sails web --serve`")
+        say(f"Serve {config.out} with any static web server, or run `mtn-sails web --serve`")
         return site
     server = page_server(site.out_dir, config.port)
     host, port = server.server_address[:2]

@@ -40,11 +40,12 @@ def trained_export(root: Path) -> tuple[Path, Path]:
     width = max(map(len, rows))
     input_ids = torch.tensor([row + [eos] * (width - len(row)) for row in rows])
     labels = torch.tensor([row + [-100] * (width - len(row)) for row in rows])
+    attention_mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in rows])
     torch.manual_seed(0)
     optimizer = torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE)
     model.train()
     for _ in range(STEPS):
-        loss = model(input_ids=input_ids, labels=labels).loss
+        loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

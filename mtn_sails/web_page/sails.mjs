@@ -58,14 +58,16 @@ export class AnswerStreamer {
 // Answer one question: greedy when temperature is 0, else nucleus sampling (top_k off, as in Python).
 // Returns the text, the new token ids (eos not included), and timings.
 export async function answer({ model, tokenizer, template }, question, options = {}, onText = null) {
-  const { maxNewTokens = 64, temperature = 0, topP = 1.0, raw = false } = options;
+  // minNewTokens holds eos back (benchmarks decode a fixed number of tokens, as Python's eos=None does)
+  const { maxNewTokens = 64, minNewTokens = 0, temperature = 0, topP = 1.0, raw = false } = options;
   const prompt = raw ? question : renderPrompt(template, question);
   const inputs = tokenizer(prompt, { add_special_tokens: false }); // as training tokenised
   const promptTokens = inputs.input_ids.dims.at(-1);
   const streamer = new AnswerStreamer(tokenizer, onText);
   const sampling = temperature > 0 ? { do_sample: true, temperature, top_p: topP, top_k: 0 } : { do_sample: false };
   const started = performance.now();
-  await model.generate({ ...inputs, max_new_tokens: maxNewTokens, streamer, ...sampling });
+  const minimum = minNewTokens > 0 ? { min_new_tokens: minNewTokens } : {};
+  await model.generate({ ...inputs, max_new_tokens: maxNewTokens, streamer, ...sampling, ...minimum });
   const seconds = (performance.now() - started) / 1000;
   const eos = model.generation_config?.eos_token_id;
   const eosIds = new Set([eos].flat().filter((id) => id !== null && id !== undefined).map(Number));
