@@ -12,6 +12,8 @@ SCRATCH_MODEL_NAME = "scratch"  # a fresh GPT-2 with a tokenizer trained on the 
 DEFAULT_OUTPUT_DIR = "./trained_model"
 DEFAULT_ONNX_OUTPUT = "./onnx_model"
 DEFAULT_WEB_OUT = "./web_app"
+TEMPLATES = ("auto", "chat", "plain")  # how records become text: the base's chat template or the product's
+METHODS = ("full", "lora")
 SCRATCH_SIZES = ("tiny", "small", "base")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -86,6 +88,17 @@ class TrainConfig:
     save_steps: int = option("steps between resumable checkpoints (0: once per epoch, at most "
                              "10 per session)", default=0)
     preference_as: str | None = option(PREFERENCE_HELP, choices=PREFERENCE_SIDES)
+    template: str = option("prompt format: auto (a continued model's stored one; else the base tokenizer's chat "
+                           "template when it has one, the product template otherwise), chat (the base's chat "
+                           "template: loss on the assistant's tokens) or plain (the product template); stored with "
+                           "the model for generate and the ONNX export", default="auto", choices=TEMPLATES)
+    method: str = option("full: train every weight; lora: train low-rank adapters (peft), merged into the weights "
+                         "before the save, so the model and its export stay plain", default="full", choices=METHODS)
+    lora_rank: int = option("rank of the LoRA adapters (--method lora)", default=8)
+    lora_alpha: float = option("LoRA scale: the adapters' update is multiplied by alpha / rank (--method lora)",
+                               default=16.0)
+    gradient_checkpointing: bool = option("recompute activations in the backward pass instead of keeping them: "
+                                          "less memory, slower steps (BENCHMARKS.md)", default=False)
 
     def __post_init__(self) -> None:
         _require(self.epochs > 0, f"--epochs must be positive, got {self.epochs}")
@@ -100,6 +113,8 @@ class TrainConfig:
         _require(not (self.precision == "fp16" and self.device == "cpu"), FP16_NEEDS_CUDA)
         if self.learning_rate is not None:
             _require(0 < self.learning_rate < 1, f"--learning-rate must be in (0, 1), got {self.learning_rate}")
+        _require(self.lora_rank > 0, f"--lora-rank must be positive, got {self.lora_rank}")
+        _require(self.lora_alpha > 0, f"--lora-alpha must be positive, got {self.lora_alpha}")
 
     def base_model(self) -> str:
         """The base model to start from when there is nothing to continue."""
@@ -139,6 +154,8 @@ class GenerateConfig:
     raw: bool = option("send the prompt as it is, without the stored template", default=False)
     int8: bool = option("use the int8 model (model_quantized.onnx from export --quantize); faster, its "
                         "agreement with fp32 is reported by export", default=False)
+    tools: str | None = option("JSON file of tool definitions (OpenAI format: an array, or an object with a "
+                               "'tools' array) offered to the model in the prompt, as training rendered them")
 
     def __post_init__(self) -> None:
         _require(not (self.int8 and self.backend == "torch"), "--int8 needs --backend onnx")
