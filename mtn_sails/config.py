@@ -18,6 +18,10 @@ SCRATCH_SIZES = ("tiny", "small", "base")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 KEEP_THRESHOLD = 0.9  # an earlier session that keeps less of its probe recall than this is named at the end
+REPLAY_SELECTIONS = ("uniform", "targeted")
+REPLAY_DRAWS = ("epoch", "session")
+MAX_REPLAY = 10.0  # replayed examples per new one; beyond it the session is mostly replay
+LR_SCHEDULES = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
 FP16_NEEDS_CUDA = "--precision fp16 needs a CUDA device; on the CPU use bf16 or fp32"
 PREFERENCE_HELP = ("train preference data (chosen/rejected; KTO true/false labels) on its chosen side; "
                    "without it such records are refused")
@@ -76,8 +80,26 @@ class TrainConfig:
                              default=512)
     eval_split: float = option("fraction of records held out for evaluation (0 disables)", default=0.1)
     seed: int = option("random seed for the split, shuffling and initialisation", default=42)
-    replay: float = option("fraction of a continued session's examples replayed from earlier sessions, "
-                           "an equal share from each (0 disables)", default=0.5)
+    replay: float = option("stored examples of earlier sessions replayed per new example (0.1: one for every "
+                           "ten; 0 disables); see CONTINUOUS_TRAINING.md, 'Keeping what was learned'", default=1.0)
+    replay_select: str = option("which stored examples are replayed: uniform (an equal share from each earlier "
+                                "session) or targeted (mostly those the model answers worst, scored at each "
+                                "epoch start)", default="uniform", choices=REPLAY_SELECTIONS)
+    replay_draw: str = option("epoch: the replayed examples are drawn afresh every epoch (same budget, other "
+                              "records); session: drawn once and repeated", default="session", choices=REPLAY_DRAWS)
+    distill_weight: float = option("weight of a term keeping the replayed answers' token distributions close to "
+                                   "the model the session started from (distillation; 0 disables; holds a frozen "
+                                   "copy of the start model in memory)", default=0.0)
+    distill_on: str = option("replayed: distil on the replayed examples only; all: on the new ones too",
+                             default="replayed", choices=("replayed", "all"))
+    freeze_layers: int = option("freeze the embeddings and the bottom K transformer blocks (0: train everything)",
+                                default=0)
+    interpolate: str = option("after training, move the weights back towards the start: off, auto (the weight "
+                              "that keeps most earlier answers without losing the new ones, from probe recall), "
+                              "or a weight in (0, 1] (WiSE-FT: start + weight x change)", default="off")
+    lr_schedule: str = option("learning-rate schedule after the warm-up (transformers' scheduler names)",
+                              default="linear", choices=LR_SCHEDULES)
+    warmup_ratio: float = option("share of the steps spent re-warming the learning rate from 0", default=0.0)
     keep_threshold: float = option("name each earlier session that keeps less than this share of the answers it "
                                    "gave right after training (its probe recall)", default=KEEP_THRESHOLD)
     resume: bool = option("continue an interrupted session from its last checkpoint", default=False)
@@ -107,7 +129,12 @@ class TrainConfig:
         _require(self.gradient_accumulation_steps > 0, "--gradient-accumulation-steps must be positive")
         _require(self.max_length >= 8, f"--max-length must be at least 8, got {self.max_length}")
         _require(0 <= self.eval_split < 0.5, f"--eval-split must be in [0, 0.5), got {self.eval_split}")
-        _require(0 <= self.replay < 1, f"--replay must be in [0, 1), got {self.replay}")
+        _require(0 <= self.replay <= MAX_REPLAY, f"--replay must be in [0, {MAX_REPLAY}], got {self.replay}")
+        _require(self.distill_weight >= 0, f"--distill-weight must be 0 or positive, got {self.distill_weight}")
+        _require(self.freeze_layers >= 0, f"--freeze-layers must be 0 or positive, got {self.freeze_layers}")
+        _require(0 <= self.warmup_ratio < 1, f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
+        _require(self.interpolation_weight() != -1.0,
+                 f"--interpolate must be off, auto or a weight in (0, 1], got {self.interpolate!r}")
         _require(0 <= self.keep_threshold <= 1, f"--keep-threshold must be in [0, 1], got {self.keep_threshold}")
         _require(self.save_steps >= 0, "--save-steps must be 0 or positive")
         _require(not (self.precision == "fp16" and self.device == "cpu"), FP16_NEEDS_CUDA)
@@ -119,6 +146,16 @@ class TrainConfig:
     def base_model(self) -> str:
         """The base model to start from when there is nothing to continue."""
         return self.model_name or DEFAULT_MODEL_NAME
+
+    def interpolation_weight(self) -> float | None:
+        """--interpolate as a number: None for auto, 1.0 for off, -1.0 when it is not valid."""
+        if self.interpolate in ("off", "auto"):
+            return None if self.interpolate == "auto" else 1.0
+        try:
+            weight = float(self.interpolate)
+        except ValueError:
+            return -1.0
+        return weight if 0 < weight <= 1 else -1.0
 
 
 @dataclass

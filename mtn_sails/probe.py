@@ -136,36 +136,40 @@ def greedy_answers(model, tokenizer, prompts: Sequence[list[int]], max_new_token
 
 def answer_logprobs(model, tokenizer, items: Sequence[ProbeItem], batch_size: int = 16) -> list[tuple[float, int]]:
     """(summed log-probability, token count) of each item's answer tokens, teacher-forced."""
-    device = next(model.parameters()).device
+    from .tokenized import IGNORE_INDEX
+
+    limit = _context_length(model)
+    sequences, labels = [], []
+    for item in items:
+        answer = item.answer_ids[:limit - 1] if limit else item.answer_ids
+        prompt = _fit(item.prompt_ids, (limit - len(answer)) if limit else 0)
+        sequences.append(prompt + answer)
+        labels.append([IGNORE_INDEX] * len(prompt) + answer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    with scoring(model):
-        return _answer_logprobs(model, items, pad, _context_length(model), device, batch_size)
+    return label_logprobs(model, sequences, labels, pad, batch_size)
 
 
-def _answer_logprobs(model, items, pad: int, limit: int | None, device, batch_size: int) -> list[tuple[float, int]]:
+def label_logprobs(model, sequences: Sequence[Sequence[int]], labels: Sequence[Sequence[int]], pad_id: int,
+                   batch_size: int = 16) -> list[tuple[float, int]]:
+    """(summed log-probability, count) of each sequence's label tokens (IGNORE_INDEX elsewhere), teacher-forced."""
     import torch
 
     from .tokenized import IGNORE_INDEX
 
-    results = []
-    for start in range(0, len(items), batch_size):
-        batch = items[start:start + batch_size]
-        sequences, labels = [], []
-        for item in batch:
-            answer = item.answer_ids[:limit - 1] if limit else item.answer_ids
-            prompt = _fit(item.prompt_ids, (limit - len(answer)) if limit else 0)
-            sequences.append(prompt + answer)
-            labels.append([IGNORE_INDEX] * len(prompt) + answer)
-        longest = max(len(s) for s in sequences)
-        ids = torch.tensor([s + [pad] * (longest - len(s)) for s in sequences], device=device)
-        mask = torch.tensor([[1] * len(s) + [0] * (longest - len(s)) for s in sequences], device=device)
-        target = torch.tensor([l + [IGNORE_INDEX] * (longest - len(l)) for l in labels], device=device)[:, 1:]
-        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-        logprobs = torch.log_softmax(logits, dim=-1)
-        picked = logprobs.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-        kept = target != IGNORE_INDEX
-        for row in range(len(batch)):
-            results.append((float(picked[row][kept[row]].sum()), int(kept[row].sum())))
+    device = next(model.parameters()).device
+    results: list[tuple[float, int]] = []
+    with scoring(model):
+        for start in range(0, len(sequences), batch_size):
+            batch, batch_labels = sequences[start:start + batch_size], labels[start:start + batch_size]
+            longest = max(len(s) for s in batch)
+            ids = torch.tensor([list(s) + [pad_id] * (longest - len(s)) for s in batch], device=device)
+            mask = torch.tensor([[1] * len(s) + [0] * (longest - len(s)) for s in batch], device=device)
+            target = torch.tensor([list(l) + [IGNORE_INDEX] * (longest - len(l)) for l in batch_labels],
+                                  device=device)[:, 1:]
+            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+            picked = torch.log_softmax(logits, dim=-1).gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+            kept = target != IGNORE_INDEX
+            results += [(float(picked[row][kept[row]].sum()), int(kept[row].sum())) for row in range(len(batch))]
     return results
 
 

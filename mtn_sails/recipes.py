@@ -5,7 +5,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import random
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -77,21 +76,12 @@ def settle_max_length(requested: int, model) -> int:
     return requested
 
 
-def draw_replay(model_dir: Path, new_count: int, fraction: float, seed: int) -> list[Record]:
-    """Records from earlier sessions' replay slices, so that they make `fraction` of the session's examples;
-    each earlier session gives an equal share (measured: BENCHMARKS.md, "Forgetting and replay")."""
-    if fraction <= 0:
-        return []
-    slices = [records for records in store.read_slices(model_dir, store.REPLAY_DIR).values() if records]
-    wanted = round(fraction / (1 - fraction) * new_count)
-    if not slices or wanted == 0:
-        return []
-    rng = random.Random(seed)
-    drawn: list[Record] = []
-    for position, records in enumerate(slices):  # an equal share each: one large session can't crowd out small ones
-        share = wanted // len(slices) + (position >= len(slices) - wanted % len(slices))
-        drawn += [rng.choice(records) for _ in range(share)] if share > len(records) else rng.sample(records, share)
-    return drawn
+def replay_pool(model_dir: Path, ratio: float) -> dict[int, list[Record]]:
+    """The stored replay slices of earlier sessions, by session number (none when --replay is 0); which of
+    them each epoch replays is decided during training (retention.py)."""
+    if ratio <= 0:
+        return {}
+    return {number: records for number, records in store.read_slices(model_dir, store.REPLAY_DIR).items() if records}
 
 
 MAX_CHECKPOINTS = 10  # per session by default: saving optimizer state every short epoch dominated many-epoch runs
@@ -221,7 +211,7 @@ class SessionData:
     train_rows: Any  # datasets.Dataset
     held_out_rows: Any | None
     held_out: list[Record]
-    replayed: list[Record]
+    replay_pool: dict[int, list[Record]]  # earlier sessions' stored records, by session number
     probe: list[Record]  # trained question/answer records whose answers are checked after later sessions
 
 
@@ -263,11 +253,10 @@ def prepare_records(config: TrainConfig, plan: TrainingPlan, rows, data_sha256: 
 
     train_rows, held_out_rows = split_dataset(rows, config.eval_split, config.seed)
     held_out = list(iter_records(held_out_rows)) if held_out_rows is not None else []
-    replayed = draw_replay(Path(config.output_dir), len(train_rows), config.replay, config.seed) \
-        if plan.continues else []
+    pool = replay_pool(Path(config.output_dir), config.replay) if plan.continues else {}
     # a bounded draw first, so that a million-record file is not read whole to pick 64 questions
     probe = probe_records(sample(train_rows, 4 * PROBE_LIMIT, config.seed), PROBE_LIMIT, config.seed)
-    return SessionData(rows, data_sha256, train_rows, held_out_rows, held_out, replayed, probe)
+    return SessionData(rows, data_sha256, train_rows, held_out_rows, held_out, pool, probe)
 
 
 def load_session_model(config: TrainConfig, plan: TrainingPlan, data: SessionData, template: PromptTemplate,
@@ -282,28 +271,54 @@ def load_session_model(config: TrainConfig, plan: TrainingPlan, data: SessionDat
 
 def train_session(config: TrainConfig, plan: TrainingPlan, data: SessionData, start: StartModel,
                   template: PromptTemplate, work: Path, checkpoint: str | None, processes):
-    """Tokenise and train with the HF Trainer; returns (trainer, outcome). On resume the Trainer restores
-    the checkpoint's optimizer and schedule."""
+    """Tokenise, set up the retention levers, train with the HF Trainer and interpolate; returns (trainer,
+    outcome). On resume the Trainer restores the checkpoint's optimizer and schedule."""
     from .distributed import optimizer_steps
+    from .retention import prepare_retention
     from .tokenized import tokenize, with_replay
     from .trainer import TrainSettings, run_training
 
-    tokens = tokenize(with_replay(data.train_rows, data.replayed), data.held_out_rows, start.tokenizer, template,
-                      start.max_length)
+    tokens = tokenize(data.train_rows, data.held_out_rows, start.tokenizer, template, start.max_length)
     for note in tokens.notes:
         say(note)
-    steps = optimizer_steps(len(tokens.train), config.batch_size, processes.world_size,
+    kit = prepare_retention(config, start.model, start.tokenizer, template, data.replay_pool, len(tokens.train),
+                            start.max_length)
+    examples = len(tokens.train) + kit.per_epoch
+    tokens.train = with_replay(tokens.train, kit.pool_examples)
+    steps = optimizer_steps(examples, config.batch_size, processes.world_size,
                             config.gradient_accumulation_steps, config.epochs)
     say(f"🚀 Training on {len(data.train_rows)} records"
-        + (f" + {len(data.replayed)} replayed from earlier sessions" if data.replayed else "")
+        + (f" + {kit.per_epoch} per epoch replayed from earlier sessions" if kit.per_epoch else "")
         + (f", {len(data.held_out)} held out" if data.held_out else "")
-        + f" ({len(tokens.train)} {'blocks' if tokens.packed else 'examples'}, {steps} optimizer steps on "
+        + f" ({examples} {'blocks' if tokens.packed else 'examples'} per epoch, {steps} optimizer steps on "
         f"{processes.world_size} process{'es' * (processes.world_size > 1)}) at learning rate {plan.learning_rate}")
+    if kit.frozen:
+        say(f"🧊 Freezing the embeddings and the bottom {config.freeze_layers} blocks ({len(kit.frozen)} tensors)")
     settings = TrainSettings(plan.learning_rate, config.epochs, config.batch_size,
                              config.gradient_accumulation_steps, config.seed, work / "checkpoints",
                              checkpoint_interval(config.save_steps, config.epochs, steps), config.device,
-                             precision=config.precision)
-    return run_training(start.model, start.tokenizer, tokens, settings, resume_from=checkpoint)
+                             precision=config.precision, lr_schedule=config.lr_schedule,
+                             warmup_ratio=config.warmup_ratio)
+    trainer, outcome = run_training(start.model, start.tokenizer, tokens, settings, resume_from=checkpoint,
+                                    retention=kit.training)
+    replayed = sum(len(drawn) for drawn in kit.training.sampler.drawn) if kit.training.sampler else 0
+    alpha = interpolate_session(config, trainer.model, start, template, data, kit.start_weights) \
+        if kit.start_weights is not None else None
+    return trainer, dataclasses.replace(outcome, interpolation_alpha=alpha, replayed_examples=replayed)
+
+
+def interpolate_session(config: TrainConfig, model, start: StartModel, template: PromptTemplate, data: SessionData,
+                        start_weights) -> float:
+    """--interpolate: the trained weights moved back towards the start; returns the weight applied."""
+    from .retention import settle_interpolation
+
+    output_dir = Path(config.output_dir)
+    history = load_history(output_dir) if (output_dir / "training_history.json").is_file() else []
+    probes = store.read_slices(output_dir, store.PROBE_DIR) if history else {}
+    alpha = settle_interpolation(model, start.tokenizer, template, start_weights, config.interpolation_weight(),
+                                 probes, {s.session: s.recall for s in history}, data.probe)
+    say(f"🎚️  Interpolated towards the start model: start + {alpha:g} x change")
+    return alpha
 
 
 def measure(model, start: StartModel, template: PromptTemplate, data: SessionData, output_dir: Path,
@@ -334,7 +349,7 @@ def session_record(config: TrainConfig, plan: TrainingPlan, data: SessionData, s
     return SessionRecord(
         session=number, date=time.strftime("%Y-%m-%dT%H:%M:%S%z"), data_file=str(Path(config.data_file).resolve()),
         data_sha256=data.sha256, records=len(data.rows), train_examples=len(data.train_rows),
-        eval_examples=len(data.held_out), replayed_examples=len(data.replayed),
+        eval_examples=len(data.held_out), replayed_examples=outcome.replayed_examples,
         start=str(config.output_dir) if plan.continues else plan.source,
         start_kind="resumed" if checkpoint else ("continued" if plan.continues else "base"),
         resumed_from_checkpoint=Path(checkpoint).name if checkpoint else None, base_model=plan.base_model,

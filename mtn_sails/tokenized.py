@@ -20,6 +20,7 @@ from .errors import InputError, SailsError
 from .template import PromptTemplate, Segment
 
 IGNORE_INDEX = -100  # label value the loss ignores (prompt tokens, padding)
+REPLAYED = "replayed"  # column: 1 on examples from the replay pool of earlier sessions
 MIN_BLOCK_TOKENS = 8  # below this, packed plain text has nothing to learn from
 MAX_EVAL_RECORDS = 500  # held-out records evaluated per session, so evaluation stays cheap
 MAP_BATCH = 1000  # records per tokenizer call
@@ -225,6 +226,13 @@ def tokenize(train_rows: Dataset, eval_rows: Dataset | None, tokenizer, template
     return TokenizedData(train, evaluation, False, max_length, notes)
 
 
-def with_replay(train_rows: Dataset, replayed: Sequence[Record]) -> Dataset:
-    """The session's training rows plus records replayed from earlier sessions."""
-    return concatenate_datasets([train_rows, records_to_dataset(replayed)]) if replayed else train_rows
+def with_replay(train: Dataset, pool: Sequence[dict[str, list[int]]]) -> Dataset:
+    """The session's tokenised examples, then the replay pool's (tokenised stored records of earlier
+    sessions); a `replayed` column tells them apart. The sampler decides which pool rows an epoch sees."""
+    if not pool:
+        return train
+    new = train.add_column(REPLAYED, np.zeros(len(train), dtype=np.int8))
+    old = Dataset.from_dict({"input_ids": [e["input_ids"] for e in pool], "labels": [e["labels"] for e in pool],
+                             "length": [len(e["input_ids"]) for e in pool],
+                             REPLAYED: np.ones(len(pool), dtype=np.int8)}, features=new.features)
+    return concatenate_datasets([new, old])

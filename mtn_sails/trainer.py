@@ -20,7 +20,7 @@ from .console import say
 from .data import Record
 from .errors import InputError
 from .template import PromptTemplate
-from .tokenized import IGNORE_INDEX, TokenizedData, tokenize_records
+from .tokenized import IGNORE_INDEX, REPLAYED, TokenizedData, tokenize_records
 
 # Checkpoint rotation on filesystems with coarse mtimes; the Trainer falls back to step numbers, which is right.
 warnings.filterwarnings("ignore", message="mtime may not be reliable")
@@ -60,6 +60,8 @@ class PaddingCollator:
             batch["input_ids"].append(list(feature["input_ids"]) + [self.pad_token_id] * padding)
             batch["labels"].append(list(feature["labels"]) + [IGNORE_INDEX] * padding)
             batch["attention_mask"].append([1] * len(feature["input_ids"]) + [0] * padding)
+        if REPLAYED in features[0]:  # which rows come from the replay pool (distillation applies to them)
+            batch[REPLAYED] = [feature[REPLAYED] for feature in features]
         return {key: torch.tensor(value, dtype=torch.long) for key, value in batch.items()}
 
 
@@ -77,6 +79,8 @@ class TrainSettings:
     device: str = "auto"
     precision: str = "auto"
     group_by_length: bool = True
+    lr_schedule: str = "linear"  # a transformers scheduler name
+    warmup_ratio: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,8 @@ class TrainOutcome:
     device: str
     world_size: int
     loss_curve: list[dict[str, float]]  # per logged epoch: step, epoch, loss or eval_loss
+    interpolation_alpha: float | None = None  # the WiSE-FT weight applied after training (None: none)
+    replayed_examples: int = 0  # examples drawn from the replay pool over the whole session
 
     def eval_perplexity(self) -> float | None:
         """exp(eval loss)."""
@@ -138,6 +144,8 @@ def training_arguments(settings: TrainSettings, has_eval: bool, packed: bool, sh
     return TrainingArguments(
         output_dir=str(settings.checkpoint_dir),
         learning_rate=settings.learning_rate,
+        lr_scheduler_type=settings.lr_schedule,
+        warmup_ratio=settings.warmup_ratio,
         num_train_epochs=settings.epochs,
         per_device_train_batch_size=settings.batch_size,
         per_device_eval_batch_size=settings.batch_size,
@@ -177,22 +185,65 @@ class EpochReport(TrainerCallback):
             say(f"   epoch {epoch:.2f}: eval loss {logs['eval_loss']:.4f}")
 
 
+@dataclass
+class Retention:
+    """What a session does during training to keep earlier sessions' answers (retention.py builds it)."""
+
+    sampler: Any = None  # retention.ReplaySampler over the new examples and the replay pool, or None
+    teacher: Any = None  # the frozen start model, for distillation
+    distill_weight: float = 0.0
+    distill_all: bool = False  # distil on the new examples too, not only the replayed ones
+
+
+class SailsTrainer(Trainer):
+    """The HF Trainer with the retention levers: a replay sampler and a distillation term."""
+
+    def __init__(self, *args, retention: Retention | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.retention = retention or Retention()
+
+    def _get_train_sampler(self, train_dataset=None):
+        return self.retention.sampler or super()._get_train_sampler(train_dataset)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        replayed = inputs.pop(REPLAYED, None)
+        retention = self.retention
+        if retention.teacher is None or not retention.distill_weight or replayed is None:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
+        rows = torch.ones_like(replayed, dtype=torch.bool) if retention.distill_all else replayed.bool()
+        if rows.any():
+            from .retention import distillation_loss
+
+            with torch.no_grad():
+                teacher_logits = retention.teacher(input_ids=inputs["input_ids"][rows],
+                                                   attention_mask=inputs["attention_mask"][rows]).logits
+            term = distillation_loss(outputs.logits[rows], teacher_logits, inputs["labels"][rows])
+            if self.model_accepts_loss_kwargs and num_items_in_batch is not None:
+                term = term / self.current_gradient_accumulation_steps  # the CE part is already summed that way
+            loss = loss + retention.distill_weight * term
+        return (loss, outputs) if return_outputs else loss
+
+
 def run_training(model, tokenizer, data: TokenizedData, settings: TrainSettings,
-                 resume_from: str | None = None) -> tuple[Any, TrainOutcome]:
+                 resume_from: str | None = None, retention: Retention | None = None) -> tuple[Any, TrainOutcome]:
     """Train with the HF Trainer; returns (trainer, outcome). The caller saves the model."""
     show_progress = sys.stderr.isatty()
     args, precision = training_arguments(settings, data.eval is not None, data.packed, show_progress)
-    collator = default_data_collator if data.packed else PaddingCollator(tokenizer.pad_token_id)
+    padded = not data.packed or REPLAYED in data.train.column_names  # replayed pairs beside packed blocks
+    collator = PaddingCollator(tokenizer.pad_token_id) if padded else default_data_collator
     train_dataset = data.train.remove_columns(["length"]) if data.packed else data.train
     eval_dataset = data.eval.remove_columns(["length"]) if data.packed and data.eval is not None else data.eval
-    trainer = Trainer(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
-                      data_collator=collator, processing_class=tokenizer)
+    trainer = SailsTrainer(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+                           data_collator=collator, processing_class=tokenizer, retention=retention)
     trainer.remove_callback(PrinterCallback)
     if not show_progress:
         trainer.remove_callback(ProgressCallback)
     trainer.add_callback(EpochReport())
     if getattr(model, "loss_type", None) is None:
         model.loss_type = "ForCausalLM"  # GPT2LMHeadModel's class name doesn't map to a loss; silences a warning
+    if retention is not None and retention.teacher is not None:
+        retention.teacher.to(args.device)
     result = trainer.train(resume_from_checkpoint=resume_from)
     eval_loss = final_eval_loss(trainer) if eval_dataset is not None else None
     train_loss = result.training_loss if result.global_step else None

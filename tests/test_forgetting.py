@@ -77,65 +77,60 @@ def test_forgetting_table_matches_separate_evaluations(tiny_model_dir, tmp_path)
 
 
 @pytest.fixture
-def spied(monkeypatch) -> dict:
-    """Records what each session drew for replay and what it handed to tokenisation for training."""
-    import mtn_sails.tokenized as tokenized
+def spied(monkeypatch) -> list:
+    """The retention set-up (replay pool, sampler) of each session, as built for the Trainer."""
+    import mtn_sails.retention as retention
 
-    seen: dict = {"drawn": [], "trained": []}
-    draw, tokenize = recipes.draw_replay, tokenized.tokenize
+    kits: list = []
+    prepare = retention.prepare_retention
 
-    def spy_draw(*args, **kwargs):
-        drawn = draw(*args, **kwargs)
-        seen["drawn"].append(drawn)
-        return drawn
+    def spy(*args, **kwargs):
+        kits.append(prepare(*args, **kwargs))
+        return kits[-1]
 
-    def spy_tokenize(train_rows, *args, **kwargs):
-        seen["trained"].append(list(tokenized.iter_records(train_rows)))
-        return tokenize(train_rows, *args, **kwargs)
-
-    monkeypatch.setattr(recipes, "draw_replay", spy_draw)
-    monkeypatch.setattr(tokenized, "tokenize", spy_tokenize)
-    return seen
+    monkeypatch.setattr(retention, "prepare_retention", spy)
+    return kits
 
 
-def test_replay_draws_only_from_earlier_sessions(tiny_model_dir, tmp_path, spied):
+def test_replay_draws_only_from_earlier_sessions_afresh_each_epoch(tiny_model_dir, tmp_path, spied):
     first, second = write_qa(tmp_path / "s1.json"), write_qa(tmp_path / "s2.json", SESSION_2_PAIRS)
     output = tmp_path / "trained_model"
 
     entry = session(first, output, model_name=str(tiny_model_dir), replay=0.5)
-    assert entry["replayed_examples"] == 0  # a first session has nothing earlier to replay
-    assert spied["drawn"] == []
-    assert len(spied["trained"][0]) == entry["train_examples"]
+    assert entry["replayed_examples"] == 0 and spied[0].per_epoch == 0  # a first session has nothing to replay
     without_replay = tmp_path / "without_replay"
     shutil.copytree(output, without_replay)
-    stored_first = {qa_key(r) for r in store.read_slices(output, store.REPLAY_DIR)[1]}
-    own_second = {(q, a) for q, a in SESSION_2_PAIRS}
+    stored_first = store.read_slices(output, store.REPLAY_DIR)[1]
 
-    entry = session(second, output, replay=0.5)
-    [replayed] = spied["drawn"]
-    trained = spied["trained"][-1]
-    assert entry["replayed_examples"] == len(replayed) == entry["train_examples"]  # 0.5: as many as its own
-    assert replayed and {qa_key(r) for r in replayed} <= stored_first
-    assert not {qa_key(r) for r in replayed} & own_second
-    assert [qa_key(r) for r in trained[entry["train_examples"]:]] == [qa_key(r) for r in replayed]  # all trained on
-    assert {qa_key(r) for r in trained[:entry["train_examples"]]} <= own_second
+    entry = session(second, output, replay=0.5, replay_draw="epoch", epochs=3)
+    kit = spied[-1]
+    assert kit.per_epoch == entry["train_examples"] // 2  # 0.5 per new example, rounded down
+    from transformers import AutoTokenizer
+
+    from mtn_sails.tokenized import tokenize_records
+
+    template, tokenizer = PromptTemplate.load(output), AutoTokenizer.from_pretrained(output)
+    assert kit.pool_examples == tokenize_records(stored_first, tokenizer, template, 64)  # session 1's, nothing else
+    drawn = kit.training.sampler.drawn
+    assert len(drawn) == 3 and all(len(epoch) == kit.per_epoch for epoch in drawn)
+    assert len({tuple(sorted(epoch)) for epoch in drawn}) > 1  # other records in other epochs
+    assert entry["replayed_examples"] == 3 * kit.per_epoch
     assert sorted(store.read_slices(output, store.REPLAY_DIR)) == [1, 2]
-    assert {qa_key(r) for r in store.read_slices(output, store.REPLAY_DIR)[2]} <= own_second  # no replay re-stored
+    assert {qa_key(r) for r in store.read_slices(output, store.REPLAY_DIR)[2]} <= set(SESSION_2_PAIRS)
 
     entry = session(second, without_replay, replay=0.0)
-    assert entry["replayed_examples"] == 0 and spied["drawn"][-1] == []
-    assert len(spied["trained"][-1]) == entry["train_examples"]
+    assert entry["replayed_examples"] == 0 and spied[-1].pool_examples == [] and spied[-1].training.sampler is None
 
 
-def test_draw_replay_size_and_empty_cases(tmp_path):
+def test_replay_pool_is_every_earlier_slice(tmp_path):
     from mtn_sails.data import load_records
 
     model_dir = tmp_path / "model"
-    assert recipes.draw_replay(model_dir, 10, 0.5, seed=0) == []  # nothing stored yet
+    assert recipes.replay_pool(model_dir, 0.5) == {}  # nothing stored yet
     records = list(load_records(write_qa(tmp_path / "qa.json")))
     store.write_slice(model_dir, store.REPLAY_DIR, 1, records, store.MAX_REPLAY_RECORDS, seed=0)
-    assert recipes.draw_replay(model_dir, 10, 0.0, seed=0) == []
-    assert len(recipes.draw_replay(model_dir, 9, 0.25, seed=0)) == 3  # 0.25 of 9 + 3 examples
-    many = recipes.draw_replay(model_dir, 30, 0.5, seed=0)  # more than stored: drawn with repeats
-    assert len(many) == 30 and {qa_key(r) for r in many} <= {(q, a) for q, a in QA_PAIRS}
-    assert recipes.draw_replay(model_dir, 9, 0.25, seed=0) == recipes.draw_replay(model_dir, 9, 0.25, seed=0)
+    store.write_slice(model_dir, store.REPLAY_DIR, 3, records[:2], store.MAX_REPLAY_RECORDS, seed=0)
+    assert recipes.replay_pool(model_dir, 0.0) == {}
+    assert recipes.replay_pool(model_dir, 0.1) == {1: store.read_slices(model_dir, store.REPLAY_DIR)[1],
+                                                   3: store.read_slices(model_dir, store.REPLAY_DIR)[3]}
+    assert [len(records) for records in recipes.replay_pool(model_dir, 0.1).values()] == [len(records), 2]

@@ -1,0 +1,283 @@
+"""Keeping what earlier sessions taught: replay drawn each epoch, targeted replay, distillation to the start
+model, frozen bottom layers and weight interpolation (BENCHMARKS.md, "Forgetting and replay", measures each).
+
+The Trainer sees one dataset: this session's examples, then the stored examples of earlier sessions
+(the replay pool). `ReplaySampler` visits every new example each epoch plus a fixed number of pool
+examples, chosen again at each epoch start (uniformly, an equal share per earlier session, or aimed at
+those the current model gets most wrong), so no record is copied into the data.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Sequence
+
+from .errors import InputError
+
+TARGETED_SHARE = 0.75  # of each epoch's replay budget spent on the worst-scored records; the rest is uniform
+MAX_SCORED = 256  # pool records scored per epoch for targeted replay (a random subset of a larger pool)
+ALPHAS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5)  # interpolation weights tried by --interpolate auto
+NEW_RECALL_TOLERANCE = 0.05  # auto interpolation may give up this much of the new session's recall
+
+
+def replay_count(new_examples: int, ratio: float, pool_size: int) -> int:
+    """Pool examples per epoch: `ratio` per new example, rounded down (the budget is a ceiling), at least one."""
+    if ratio <= 0 or pool_size == 0 or new_examples == 0:
+        return 0
+    return max(1, int(ratio * new_examples + 1e-9))
+
+
+def uniform_choice(sessions: Sequence[int], count: int, rng: random.Random,
+                   exclude: frozenset[int] = frozenset()) -> list[int]:
+    """`count` pool positions, an equal share from each earlier session (one large session can't crowd out
+    small ones); without repeats while a session has records left."""
+    by_session: dict[int, list[int]] = {}
+    for position, session in enumerate(sessions):
+        if position not in exclude:
+            by_session.setdefault(session, []).append(position)
+    groups = [by_session[s] for s in sorted(by_session)]
+    chosen: list[int] = []
+    for index, group in enumerate(groups):
+        share = count // len(groups) + (index >= len(groups) - count % len(groups)) if groups else 0
+        chosen += rng.sample(group, share) if share <= len(group) else [rng.choice(group) for _ in range(share)]
+    return chosen
+
+
+def targeted_choice(scores: dict[int, float], sessions: Sequence[int], count: int, rng: random.Random,
+                    share: float = TARGETED_SHARE) -> list[int]:
+    """`count` pool positions: `share` of them the lowest-scored (mean log-probability per answer token),
+    the rest drawn uniformly from the others."""
+    worst = sorted(scores, key=lambda position: (scores[position], position))[:round(count * share)]
+    return worst + uniform_choice(sessions, count - len(worst), rng, exclude=frozenset(worst))
+
+
+class ReplaySampler:
+    """Every new example once per epoch plus `per_epoch` pool examples chosen by `choose(epoch)`, shuffled.
+
+    Dataset positions: new examples first (0..new_count-1), then the pool. A torch Sampler by protocol
+    (`__iter__`, `__len__`, `set_epoch`); the Trainer calls `set_epoch` before each epoch's iteration.
+    """
+
+    def __init__(self, new_count: int, per_epoch: int, choose: Callable[[int], list[int]], seed: int) -> None:
+        self.new_count, self.per_epoch, self.choose, self.seed = new_count, per_epoch, choose, seed
+        self.epoch = 0
+        self.drawn: list[list[int]] = []  # pool positions replayed in each epoch, in order
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.new_count + self.per_epoch
+
+    def __iter__(self) -> Iterator[int]:
+        import torch
+
+        chosen = self.choose(self.epoch)[:self.per_epoch]
+        self.drawn.append(chosen)
+        order = list(range(self.new_count)) + [self.new_count + position for position in chosen]
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        self.epoch += 1  # for loaders that never call set_epoch
+        return iter([order[i] for i in torch.randperm(len(order), generator=generator).tolist()])
+
+
+@dataclass(frozen=True)
+class ReplayPlan:
+    """How a session replays its earlier sessions' stored examples."""
+
+    ratio: float  # pool examples per new example, each epoch
+    select: str  # "targeted" | "uniform"
+    draw: str  # "epoch": drawn afresh each epoch | "session": drawn once and repeated
+    seed: int
+
+    def __post_init__(self) -> None:
+        if self.select not in ("targeted", "uniform") or self.draw not in ("epoch", "session"):
+            raise ValueError(f"unknown replay selection {self.select!r} / draw {self.draw!r}")
+
+
+def make_sampler(plan: ReplayPlan, new_count: int, pool_sessions: Sequence[int],
+                 score: Callable[[list[int]], list[float]]) -> ReplaySampler | None:
+    """The session's replay sampler (None without a pool or budget); `score(positions)` gives the current
+    model's mean answer log-probability of those pool examples."""
+    per_epoch = replay_count(new_count, plan.ratio, len(pool_sessions))
+    if per_epoch == 0:
+        return None
+    session_draw: list[int] = []
+
+    def choose(epoch: int) -> list[int]:
+        if plan.draw == "session" and session_draw:
+            return session_draw
+        rng = random.Random(plan.seed * 7919 + epoch)
+        if plan.select == "uniform":
+            chosen = uniform_choice(pool_sessions, per_epoch, rng)
+        else:
+            candidates = list(range(len(pool_sessions)))
+            if len(candidates) > MAX_SCORED:
+                candidates = sorted(rng.sample(candidates, MAX_SCORED))
+            chosen = targeted_choice(dict(zip(candidates, score(candidates))), pool_sessions, per_epoch, rng)
+        session_draw[:] = chosen
+        return chosen
+
+    return ReplaySampler(new_count, per_epoch, choose, plan.seed)
+
+
+def mean_logprobs(model, examples: Sequence[dict[str, Any]], pad_id: int, batch_size: int = 32) -> list[float]:
+    """Mean log-probability per label token of each tokenised example (input_ids, labels), teacher-forced."""
+    from .probe import label_logprobs
+
+    scored = label_logprobs(model, [e["input_ids"] for e in examples], [e["labels"] for e in examples], pad_id,
+                            batch_size)
+    return [total / count if count else 0.0 for total, count in scored]
+
+
+def distillation_loss(student_logits, teacher_logits, labels):
+    """KL(teacher || student) per target token, averaged over the label positions (IGNORE_INDEX elsewhere)."""
+    import torch.nn.functional as F
+
+    from .tokenized import IGNORE_INDEX
+
+    positions = labels[:, 1:] != IGNORE_INDEX
+    if not positions.any():
+        return student_logits.sum() * 0.0
+    student = F.log_softmax(student_logits[:, :-1][positions].float(), dim=-1)
+    teacher = F.log_softmax(teacher_logits[:, :-1][positions].float(), dim=-1)
+    return F.kl_div(student, teacher, log_target=True, reduction="batchmean")
+
+
+def decoder_blocks(model) -> list:
+    """The model's stack of transformer blocks: its longest ModuleList whose children all share one class
+    (GPT-2's `h`, Llama's and Qwen2's `layers`, GPT-NeoX's `layers`), found without knowing attribute names."""
+    import torch
+
+    best: list = []
+    for module in model.modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) > len(best) \
+                and len({type(child) for child in module}) == 1:
+            best = list(module)
+    return best
+
+
+def freeze_bottom(model, layers: int) -> list[str]:
+    """Freeze the input embeddings (and the position embeddings beside them) and the bottom `layers` blocks;
+    returns the frozen parameter names. With tied input and output embeddings the output layer stays too."""
+    import torch
+
+    blocks = decoder_blocks(model)
+    if layers > len(blocks):
+        raise InputError(f"--freeze-layers {layers}: the model has only {len(blocks)} blocks")
+    in_blocks = {id(p) for block in blocks for p in block.parameters()}
+    modules = [model.get_input_embeddings()] + blocks[:layers]
+    modules += [m for m in model.modules() if isinstance(m, torch.nn.Embedding)
+                and not any(id(p) in in_blocks for p in m.parameters())]
+    frozen = {id(p) for module in modules for p in module.parameters()}
+    names = []
+    for name, parameter in model.named_parameters():
+        if id(parameter) in frozen:
+            parameter.requires_grad_(False)
+            names.append(name)
+    return names
+
+
+def weights_copy(model) -> dict[str, Any]:
+    """A detached copy of the model's floating-point weights (the start point for interpolation)."""
+    return {name: tensor.detach().clone() for name, tensor in model.state_dict().items()
+            if tensor.is_floating_point()}
+
+
+def interpolate(model, start: dict[str, Any], trained: dict[str, Any], alpha: float) -> None:
+    """Set the model's weights to (1 - alpha) * start + alpha * trained, in place (WiSE-FT)."""
+    import torch
+
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if name in start:
+                tensor.copy_(start[name] + alpha * (trained[name] - start[name]))
+
+
+@dataclass(frozen=True)
+class AlphaTrial:
+    """Probe recall of the model interpolated with weight `alpha`."""
+
+    alpha: float
+    kept: float | None  # the earlier sessions' mean recall now / right after their own session (None: no probes)
+    new_recall: float | None  # this session's probe recall
+
+
+def choose_alpha(trials: Sequence[AlphaTrial], tolerance: float = NEW_RECALL_TOLERANCE) -> float:
+    """The interpolation weight: the one keeping most of the earlier answers among those whose new-session
+    recall is within `tolerance` of the best; ties go to the larger alpha (less change to what was trained)."""
+    if not trials:
+        return 1.0
+    best_new = max((t.new_recall for t in trials if t.new_recall is not None), default=None)
+    allowed = [t for t in trials if best_new is None or (t.new_recall is not None
+                                                          and t.new_recall >= best_new - tolerance)]
+    if all(t.kept is None for t in allowed):
+        return max(t.alpha for t in allowed)
+    return max(allowed, key=lambda t: (t.kept if t.kept is not None else -1.0, t.alpha)).alpha
+
+
+@dataclass
+class SessionRetention:
+    """The retention levers of one session, ready for the Trainer."""
+
+    pool_examples: list[dict[str, list[int]]]  # tokenised stored records of earlier sessions
+    training: Any  # trainer.Retention: sampler, teacher, distillation weight
+    start_weights: dict[str, Any] | None  # for interpolation after training
+    frozen: list[str]  # frozen parameter names
+    per_epoch: int  # pool examples replayed each epoch
+
+
+def prepare_retention(config, model, tokenizer, template, pool: dict[int, list], new_count: int,
+                      max_length: int) -> SessionRetention:
+    """Tokenise the replay pool and set up the sampler, the frozen layers and the start-model copy
+    (`config` is the session's TrainConfig; `pool` maps earlier session numbers to stored records)."""
+    import copy
+
+    from .tokenized import tokenize_records
+    from .trainer import Retention
+
+    frozen = freeze_bottom(model, config.freeze_layers) if config.freeze_layers else []
+    sessions = [number for number in sorted(pool) for _ in pool[number]]
+    records = [record for number in sorted(pool) for record in pool[number]]
+    examples = tokenize_records(records, tokenizer, template, max_length) if config.replay > 0 else []
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    def score(positions: list[int]) -> list[float]:
+        return mean_logprobs(model, [examples[p] for p in positions], pad_id)
+
+    plan = ReplayPlan(config.replay, config.replay_select, config.replay_draw, config.seed)
+    sampler = make_sampler(plan, new_count, sessions, score) if examples else None
+    teacher = None
+    if config.distill_weight > 0 and (sampler is not None or config.distill_on == "all"):
+        teacher = copy.deepcopy(model).eval().requires_grad_(False)
+    interpolating = config.interpolation_weight() != 1.0
+    start_weights = weights_copy(teacher if teacher is not None else model) if interpolating else None
+    return SessionRetention(examples if sampler else [], Retention(sampler, teacher, config.distill_weight,
+                                                                   config.distill_on == "all"),
+                            start_weights, frozen, sampler.per_epoch if sampler else 0)
+
+
+def settle_interpolation(model, tokenizer, template, start_weights: dict[str, Any], weight: float | None,
+                         earlier_probes: dict[int, list], recall_before: dict[int, float | None],
+                         new_probe: list) -> float:
+    """Interpolate the trained model towards its start with `weight`, or (None) with the weight
+    `choose_alpha` picks from probe recall at each of ALPHAS; returns the weight applied."""
+    from .probe import score_probe
+
+    trained = weights_copy(model)
+    if weight is not None:
+        interpolate(model, start_weights, trained, weight)
+        return weight
+    trials = []
+    for alpha in ALPHAS:
+        interpolate(model, start_weights, trained, alpha)
+        recalls = [(score_probe(model, tokenizer, template, records).recall, recall_before[number])
+                   for number, records in earlier_probes.items() if records and recall_before.get(number)]
+        kept = [now / before for now, before in recalls if now is not None]
+        new = score_probe(model, tokenizer, template, new_probe).recall if new_probe else None
+        trials.append(AlphaTrial(alpha, sum(kept) / len(kept) if kept else None, new))
+        if not kept or (new is not None and trials[0].new_recall is not None
+                        and new < trials[0].new_recall - NEW_RECALL_TOLERANCE):
+            break  # nothing earlier to protect, or smaller weights would lose the new answers too
+    chosen = choose_alpha(trials)
+    interpolate(model, start_weights, trained, chosen)
+    return chosen
