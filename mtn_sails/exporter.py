@@ -40,9 +40,12 @@ PARITY_PROMPTS = (
 PARITY_STEPS = 3  # cached decoding steps checked after each prompt's first (no-past) pass
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
                    "merges.txt", "added_tokens.json")
+# Beside some tokenizers only: sentencepiece's model (Llama 2), the chat template transformers saves apart.
+OPTIONAL_TOKENIZER_FILES = ("tokenizer.model", "chat_template.jinja", "chat_template.json")
 MODEL_CARD = "README.md"
 # Copied as training wrote them; the card shows the two charts.
-CARRIED_FILES = TOKENIZER_FILES + (TEMPLATE_FILE, MODEL_CARD, LOSS_CURVE_FILE, FORGETTING_FILE)
+CARRIED_FILES = (TOKENIZER_FILES + OPTIONAL_TOKENIZER_FILES
+                 + (TEMPLATE_FILE, MODEL_CARD, LOSS_CURVE_FILE, FORGETTING_FILE))
 
 
 @dataclass(frozen=True)

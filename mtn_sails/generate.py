@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from .chats import read_tools_file
 from .config import GenerateConfig
 from .console import warn
 from .decoders import Decoder, OnnxDecoder, TorchDecoder, load_torch_model
@@ -71,13 +72,22 @@ def load_decoder(config: GenerateConfig) -> Decoder:
     return TorchDecoder(load_torch_model(directory))
 
 
+def prompt_text(config: GenerateConfig, template: PromptTemplate, tools: list[dict] | None = None) -> str:
+    """The text the model is fed: the prompt through the stored template (with `tools` offered), or with
+    --raw as it is (after the BOS the tokenizer adds, as in training)."""
+    if config.raw:
+        return template.with_bos(config.prompt)
+    return template.prompt(config.prompt, tools=tools)
+
+
 def generate(config: GenerateConfig, stream: TextIO = sys.stdout) -> GenerationResult:
     """Stream the completion of `config.prompt` to `stream`; status and speed go to stderr."""
+    tools = read_tools_file(config.tools) if config.tools else None
     decoder = load_decoder(config)
     option = "--onnx-output" if config.backend == "onnx" else "--output-dir"
     directory = config.model_dir()
     tokenizer = load_tokenizer(directory, option)
-    text = config.prompt if config.raw else PromptTemplate.load(directory).prompt(config.prompt)
+    text = prompt_text(config, PromptTemplate.load(directory), tools)
     prompt_ids = tokenizer.encode(text)
     if not prompt_ids:
         raise InputError("--prompt is empty; give the model something to answer")

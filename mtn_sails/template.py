@@ -1,4 +1,8 @@
-"""The one prompt template: renders records for training and prompts for generation, stored with the model."""
+"""The product's prompt template: renders records for training and prompts for generation, stored with the model.
+
+A base whose tokenizer has a chat template is trained through that instead (chat_template.py, a subclass
+stored in the same file); `PromptTemplate.load` gives whichever the model was trained with.
+"""
 from __future__ import annotations
 
 import json
@@ -36,11 +40,15 @@ class PromptTemplate:
     tool_call: str = "<tool_call>\n{content}\n</tool_call>"
     tool_result: str = "### Tool result:\n{content}\n\n"
     response_cue: str = "### Response:\n"
+    kind: str = "plain"  # "plain": this template; "chat": the base's own (chat_template.ChatTemplate)
+    # The BOS token's text when the tokenizer adds one (Llama), written once at the start of each example
+    # and prompt so that every path that tokenises without special tokens sees it; "" for GPT-2.
+    bos: str = ""
 
     def render(self, record: Record) -> list[Segment]:
         """The record as segments: the prompt side without loss, responses (and plain text) with it."""
         if record.kind == "text":
-            return [Segment(record.text, is_target=True, ends_turn=True)]
+            return [Segment(self.with_bos(record.text), is_target=True, ends_turn=True)]
         if record.kind == "pair":
             turns = (Turn("user", record.prompt), Turn("assistant", record.response))
         else:
@@ -49,7 +57,12 @@ class PromptTemplate:
         for position, turn in enumerate(turns):
             following = turns[position + 1].base_role if position + 1 < len(turns) else None
             segments.append(self._segment(turn, following, bool(segments) and segments[-1].ends_turn))
+        segments[0] = Segment(self.with_bos(segments[0].text), segments[0].is_target, segments[0].ends_turn)
         return segments
+
+    def with_bos(self, text: str) -> str:
+        """`text` starting with the BOS text exactly once (when the tokenizer adds a BOS; else as it is)."""
+        return text if not self.bos or text.startswith(self.bos) else self.bos + text
 
     def _segment(self, turn: Turn, following: str | None, after_turn_end: bool) -> Segment:
         """One turn's segment; `following` is the next turn's role, `after_turn_end` whether an eos precedes it."""
@@ -75,7 +88,7 @@ class PromptTemplate:
         """The text to feed the model so that it answers `user_text` as it was trained to (with `tools` offered)."""
         head = self.system.format(content=system) if system else ""
         head += self.tools.format(content=json_lines(list(tools))) if tools else ""
-        return head + self.user.format(content=user_text)
+        return self.with_bos(head + self.user.format(content=user_text))
 
     def save(self, directory: str | Path) -> Path:
         """Write the template beside a model; returns the file."""
@@ -85,12 +98,17 @@ class PromptTemplate:
 
     @classmethod
     def load(cls, directory: str | Path) -> "PromptTemplate":
-        """The template stored beside a model, or the default one when none was stored."""
+        """The template stored beside a model (a ChatTemplate for a chat-template model), or the default one."""
         path = Path(directory) / TEMPLATE_FILE
         if not path.is_file():
             return cls()
         try:
-            return cls(**json.loads(path.read_text(encoding="utf-8")))
-        except (OSError, ValueError, TypeError):
+            fields = json.loads(path.read_text(encoding="utf-8"))
+            if fields.get("kind") == "chat":
+                from .chat_template import ChatTemplate
+
+                return ChatTemplate(**fields)
+            return cls(**fields)
+        except (OSError, ValueError, TypeError, AttributeError):
             raise InputError(f"{path}: unreadable prompt template; restore it or delete it to use the "
                              "default template") from None

@@ -147,3 +147,15 @@ def test_data_formats_doc_shows_the_exact_segments_the_code_renders():
         assert [(s.text, s.is_target, s.ends_turn) for s in TEMPLATE.render(record)] == expected, block
         checked += 1
     assert checked >= 8
+
+
+def test_a_tokenizer_that_adds_bos_gets_it_once_at_the_start_of_each_example_and_prompt():
+    llama = PromptTemplate(bos="<s>")
+    pair = Record(0, "pair", "question/answer", prompt="Hi", response="Yo")
+    assert [s.text for s in llama.render(pair)] == ["<s>### Instruction:\nHi\n\n### Response:\n", "Yo"]
+    assert llama.render(Record(0, "text", "text", text="Plain."))[0].text == "<s>Plain."
+    assert llama.render(Record(0, "text", "text", text="<s>Already."))[0].text == "<s>Already."  # never twice
+    assert llama.prompt("Hi", system="Be brief.") == "<s>### System:\nBe brief.\n\n### Instruction:\nHi\n\n### Response:\n"
+    segments = llama.render(pair)
+    example = tokenize_segments(segments, [[ord(c) for c in s.text] for s in segments], EOS, max_length=10**6)
+    assert [chr(label) for label in example["labels"] if label not in (IGNORE_INDEX, EOS)] == ["Y", "o"]
