@@ -63,7 +63,10 @@ def load_start_model(plan: TrainingPlan, config: TrainConfig, records: Iterable[
             raise InputError(f"cannot load model from {plan.source}: {str(error).splitlines()[0]}") from None
         raise InputError(hub_hint(plan.source, reachable=not local_only, detail=str(error).splitlines()[0])) from None
     if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token  # GPT-2 has none; the collator keeps eos in the labels
+        # GPT-2 and Llama have none: eos pads, without a new token or resized embeddings; the collator pads
+        # the labels with -100 itself, so the eos ending a response stays learned (transformers #4122).
+        tokenizer.pad_token = tokenizer.eos_token
+    model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
 
 
@@ -222,6 +225,7 @@ class StartModel:
     model: Any
     tokenizer: Any
     max_length: int
+    template: PromptTemplate | None = None  # the session's template, settled against the tokenizer
 
 
 def _run_session(config: TrainConfig, plan: TrainingPlan, rows, data_sha256: str, work: Path,
@@ -232,6 +236,7 @@ def _run_session(config: TrainConfig, plan: TrainingPlan, rows, data_sha256: str
     template = PromptTemplate.load(output_dir) if plan.continues else PromptTemplate()
     data = prepare_records(config, plan, rows, data_sha256)
     start = load_session_model(config, plan, data, template, checkpoint)
+    template = start.template
     trainer, outcome = train_session(config, plan, data, start, template, work, checkpoint, processes)
     history = load_history(output_dir) if plan.continues else []
     measured = measure(trainer.model, start, template, data, output_dir, history) if processes.is_main() else None
@@ -261,12 +266,29 @@ def prepare_records(config: TrainConfig, plan: TrainingPlan, rows, data_sha256: 
 
 def load_session_model(config: TrainConfig, plan: TrainingPlan, data: SessionData, template: PromptTemplate,
                        checkpoint: str | None) -> StartModel:
-    """The model the session trains: the plan's start, or on resume the checkpoint's weights and tokenizer."""
+    """The model the session trains: the plan's start, or on resume the checkpoint's weights and tokenizer;
+    its template settled (--template), LoRA adapters added (--method lora)."""
+    from .chat_template import align_eos, settle_template
     from .tokenized import iter_records
 
-    load_plan = dataclasses.replace(plan, source=checkpoint) if checkpoint else plan
+    # A LoRA checkpoint holds the adapters only: the start model is wrapped again and the Trainer restores them.
+    load_plan = dataclasses.replace(plan, source=checkpoint) if checkpoint and config.method == "full" else plan
     model, tokenizer = load_start_model(load_plan, config, iter_records(data.rows), template)
-    return StartModel(model, tokenizer, settle_max_length(config.max_length, model))
+    template, notes = settle_template(config.template, template if plan.continues else None, tokenizer)
+    for note in notes + align_eos(model, tokenizer, template):
+        say(note)
+    max_length = settle_max_length(config.max_length, model)
+    if config.gradient_checkpointing:
+        # Non-reentrant checkpointing needs no input that requires grad, so frozen embeddings (LoRA) are fine.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if config.method == "lora":
+        from .lora import parameter_counts, wrap_lora
+
+        model = wrap_lora(model, config.lora_rank, config.lora_alpha)
+        trainable, total = parameter_counts(model)
+        say(f"🪶 LoRA rank {config.lora_rank}, alpha {config.lora_alpha:g}: training {trainable:,} of {total:,} "
+            f"parameters ({trainable / total:.2%}); merged into the weights at the save")
+    return StartModel(model, tokenizer, max_length, template)
 
 
 def train_session(config: TrainConfig, plan: TrainingPlan, data: SessionData, start: StartModel,
@@ -330,10 +352,13 @@ def measure(model, start: StartModel, template: PromptTemplate, data: SessionDat
 
 def save_weights(trainer, output_dir: Path, processes) -> Path:
     """The trained weights saved into a fresh staging directory beside output_dir; returns it."""
+    from .lora import merge_adapters
+
     staging = store.sibling(output_dir, "staging")
     if processes.is_main():
         store.fresh_staging(output_dir)
     processes.barrier()
+    trainer.model = merge_adapters(trainer.model)  # --method lora: the directory holds a plain transformers model
     trainer.save_model(str(staging))  # every process calls it (sharded engines gather); the main one writes
     processes.barrier()
     if processes.is_main():
