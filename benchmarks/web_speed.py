@@ -144,11 +144,12 @@ class BrowserRuntime:
         self.server.shutdown()
 
 
-def figures(name: str, seconds: list[float], new_tokens: int) -> dict:
-    """Median and best tokens/s of a runtime's rounds."""
+def figures(name: str, seconds: list[float], new_tokens: int, python_seconds: list[float]) -> dict:
+    """Median and best tokens/s of a runtime's rounds, and its speed relative to Python's in the same round."""
     rates = [new_tokens / value for value in seconds]
+    ratios = [python / value for python, value in zip(python_seconds, seconds)]  # a round shares its disturbance
     return {"runtime": name, "median_tokens_per_s": statistics.median(rates), "best_tokens_per_s": max(rates),
-            "rounds_seconds": seconds}
+            "median_speed_vs_python": statistics.median(ratios), "rounds_seconds": seconds}
 
 
 def main() -> None:
@@ -160,6 +161,7 @@ def main() -> None:
     args = parser.parse_args()
     new_tokens, rounds = (16, 2) if args.quick else (64, 5)
     rounds = args.rounds or rounds
+    load_before = os.getloadavg()  # other processes on a shared machine disturb timings
     with tempfile.TemporaryDirectory(prefix="mtn-sails-web-bench-") as tmp:
         onnx_dir = export_model(Path(tmp), args.quick)
         site = Path(tmp) / "web_app"
@@ -180,18 +182,21 @@ def main() -> None:
             for runtime in runtimes:
                 getattr(runtime, "close", lambda: None)()
         graph_bytes = (onnx_dir / "onnx" / "model.onnx").stat().st_size
-    report = {"machine": {"nproc": os.cpu_count(), "cpu": cpu_model(), "load_average": os.getloadavg(),
+    report = {"machine": {"nproc": os.cpu_count(), "cpu": cpu_model(), "load_average_before": load_before,
+                          "load_average_after": os.getloadavg(),
                           "node": subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip(),
                           "chromium": subprocess.run(["chromium", "--version"], capture_output=True,
                                                      text=True).stdout.strip()},
               "settings": {"model": "tiny (tests)" if args.quick else "distilgpt2 shape, random weights",
                            "fp32_graph_bytes": graph_bytes, "batch": 1, "new_tokens": new_tokens,
                            "rounds": rounds, "decoding": "greedy, eos held back"},
-              "results": [figures(runtime.name, times, new_tokens) for runtime, times in zip(runtimes, timings)],
+              "results": [figures(runtime.name, times, new_tokens, timings[0])
+                          for runtime, times in zip(runtimes, timings)],
               "load_seconds": {"node_median": statistics.median(runtimes[1].load_seconds),
                                "chromium_isolated": runtimes[2].load_seconds, "chromium_plain": runtimes[3].load_seconds}}
     for row in report["results"]:
-        print(f"{row['runtime']}: median {row['median_tokens_per_s']:.1f} tokens/s, best {row['best_tokens_per_s']:.1f}")
+        print(f"{row['runtime']}: median {row['median_tokens_per_s']:.1f} tokens/s, best "
+              f"{row['best_tokens_per_s']:.1f}, {row['median_speed_vs_python']:.2f}x Python in the same round")
     write_json(args.json_out, report)
 
 

@@ -43,8 +43,9 @@ class Chromium:
 
         self.log = tempfile.TemporaryFile()  # chromium's own stderr: a file, since a full pipe would stall it
         self.process = subprocess.Popen(
-            [chromium_binary(), *FLAGS, *extra_flags, f"--user-data-dir={self.profile}", f"--window-size={width},{height}",
-             "about:blank"], stdout=subprocess.DEVNULL, stderr=self.log, preexec_fn=wire_pipes, pass_fds=(3, 4))
+            [chromium_binary(), *FLAGS, *extra_flags, f"--user-data-dir={self.profile}",
+             f"--window-size={width},{height}", "about:blank"],
+            stdout=subprocess.DEVNULL, stderr=self.log, preexec_fn=wire_pipes, pass_fds=(3, 4))
         os.close(commands_read)
         os.close(answers_write)
         self._next_id = 0
@@ -100,7 +101,8 @@ class Chromium:
         result = self.send("Runtime.evaluate", {"expression": expression, "awaitPromise": True,
                                                 "returnByValue": True}, session=True, timeout=timeout)
         if "exceptionDetails" in result:
-            raise RuntimeError(f"{expression[:80]}: {result['exceptionDetails'].get('exception', {}).get('description')}")
+            error = result["exceptionDetails"].get("exception", {}).get("description")
+            raise RuntimeError(f"{expression[:80]}: {error}")
         return result["result"].get("value")
 
     def wait_for(self, expression: str, timeout: float):

@@ -30,7 +30,8 @@ def test_a_graph_without_a_kv_cache_is_refused(tmp_path):
     from onnx import TensorProto, helper
 
     node = helper.make_node("Cast", ["input_ids"], ["logits"], to=TensorProto.FLOAT)
-    graph = helper.make_graph([node], "no_cache", [helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, "n"])],
+    graph = helper.make_graph([node], "no_cache",
+                              [helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, "n"])],
                               [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, "n"])])
     path = tmp_path / "no_cache.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
