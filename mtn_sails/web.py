@@ -148,7 +148,8 @@ def build_site(config: WebConfig) -> WebSite:
     _check_export(onnx_dir, config.onnx_output)
     _check_out(out_dir, onnx_dir, config.out)
     node_modules = find_node_modules()
-    with store.locked(out_dir):
+    # The export is locked too: no export may swap it while its files are linked and copied.
+    with store.locked(onnx_dir), store.locked(out_dir):
         store.recover(out_dir)
         staging = store.fresh_staging(out_dir)
         try:
