@@ -2,7 +2,7 @@
 
 Held-out perplexity alone can improve while the answers a session taught are gone, so each session also
 keeps a probe of its trained question/answer records (probe.py) and its recall is measured again after
-every later session. Runs on the main process, before the model is saved.
+every later session. Runs on the main process, on the model just saved (docs/SCALING.md).
 """
 from __future__ import annotations
 

@@ -239,10 +239,10 @@ def _run_session(config: TrainConfig, plan: TrainingPlan, rows, data_sha256: str
     template = start.template
     trainer, outcome = train_session(config, plan, data, start, template, work, checkpoint, processes)
     history = load_history(output_dir) if plan.continues else []
-    measured = measure(trainer.model, start, template, data, output_dir, history) if processes.is_main() else None
     staging = save_weights(trainer, output_dir, processes)
     if not processes.is_main():
         return SessionResult(output_dir, plan, None)
+    measured = measure(trainer, staging, processes, start, template, data, output_dir, history)
     record = session_record(config, plan, data, start, outcome, measured, len(history) + 1, checkpoint, started)
     backup = commit_session(staging, output_dir, config, plan, data, history + [record], template, onnx_output)
     shutil.rmtree(work, ignore_errors=True)
@@ -343,15 +343,20 @@ def interpolate_session(config: TrainConfig, model, start: StartModel, template:
     return alpha
 
 
-def measure(model, start: StartModel, template: PromptTemplate, data: SessionData, output_dir: Path,
-            history: list[SessionRecord]) -> Measurements:
-    """The trained model scored on this session's held-out slice and probe, and on every earlier session's."""
+def measure(trainer, staging: Path, processes, start: StartModel, template: PromptTemplate, data: SessionData,
+            output_dir: Path, history: list[SessionRecord]) -> Measurements:
+    """The trained model scored on this session's held-out slice and probe, and on every earlier session's
+    (with several processes, the full copy saved in `staging`: distributed.model_to_measure)."""
+    from .distributed import model_to_measure
+
+    model = model_to_measure(trainer, staging, processes)
     return measure_session(model, start.tokenizer, template, data.held_out[:store.MAX_HELD_OUT_RECORDS], data.probe,
                            output_dir, history, start.max_length)
 
 
 def save_weights(trainer, output_dir: Path, processes) -> Path:
     """The trained weights saved into a fresh staging directory beside output_dir; returns it."""
+    from .distributed import check_full_save
     from .lora import merge_adapters
 
     staging = store.sibling(output_dir, "staging")
@@ -363,6 +368,7 @@ def save_weights(trainer, output_dir: Path, processes) -> Path:
     processes.barrier()
     if processes.is_main():
         (staging / "training_args.bin").unlink(missing_ok=True)  # a pickle; the config is saved as JSON
+        check_full_save(staging)
     return staging
 
 
