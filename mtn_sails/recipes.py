@@ -335,8 +335,10 @@ def interpolate_session(config: TrainConfig, model, start: StartModel, template:
     from .retention import settle_interpolation
 
     output_dir = Path(config.output_dir)
-    history = load_history(output_dir) if (output_dir / "training_history.json").is_file() else []
+    history = load_history(output_dir)
     probes = store.read_slices(output_dir, store.PROBE_DIR) if history else {}
+    if config.interpolation_weight() is None:
+        say("🎚️  Choosing the interpolation weight from the probe recall of earlier and new answers...")
     alpha = settle_interpolation(model, start.tokenizer, template, start_weights, config.interpolation_weight(),
                                  probes, {s.session: s.recall for s in history}, data.probe)
     say(f"🎚️  Interpolated towards the start model: start + {alpha:g} x change")
