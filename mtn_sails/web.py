@@ -190,20 +190,22 @@ def page_server(directory: Path, port: int) -> ThreadingHTTPServer:
 
 def web(config: WebConfig) -> WebSite:
     """Write the page; with --serve, serve it on 127.0.0.1 until Ctrl-C."""
-    site = build_site(config)
-    linked = f", {site.linked} graph(s) hard-linked to the export" if site.linked else ""
-    say(f"🌐 Page written to {config.out} ({site.total_bytes() / 1e6:.1f} MB, models: "
-        f"{', '.join('int8' if d == 'q8' else d for d in site.dtypes)}{linked})")
-    if not config.serve:
-        say(f"Serve {config.out} with any static web server, or run `mtn-sails web --serve`")
-        return site
-    server = page_server(site.out_dir, config.port)
-    host, port = server.server_address[:2]
-    show(f"🌐 Serving {config.out} at http://{host}:{port}/ (Ctrl-C to stop)")
+    server = page_server(Path(config.out), config.port) if config.serve else None  # a busy port fails first
     try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        say(f"Stopped serving {config.out}")
+        site = build_site(config)
+        linked = f", {site.linked} graph(s) hard-linked to the export" if site.linked else ""
+        say(f"🌐 Page written to {config.out} ({site.total_bytes() / 1e6:.1f} MB, models: "
+            f"{', '.join('int8' if d == 'q8' else d for d in site.dtypes)}{linked})")
+        if server is None:
+            say(f"Serve {config.out} with any static web server, or run `mtn-sails web --serve`")
+            return site
+        host, port = server.server_address[:2]
+        show(f"🌐 Serving {config.out} at http://{host}:{port}/ (Ctrl-C to stop)")
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            say(f"Stopped serving {config.out}")
+        return site
     finally:
-        server.server_close()
-    return site
+        if server is not None:
+            server.server_close()

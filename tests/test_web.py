@@ -193,11 +193,18 @@ def test_web_reads_an_export_with_the_graph_at_the_root(exported, tmp_path):
     assert json.loads((tmp_path / "web_app" / "site.json").read_text())["dtypes"] == ["fp32"]
 
 
-@pytest.mark.parametrize("case", ["no export", "a folder of the user's", "no transformers.js"])
+@pytest.mark.parametrize("case", ["no export", "a folder of the user's", "no transformers.js", "a busy port"])
 def test_web_refuses_with_one_line_and_changes_nothing(exported, tmp_path, case):
+    import socket
+
     _, onnx_dir, _ = exported
-    out, env, expected = tmp_path / "web_app", None, "--onnx-output"
-    if case == "no export":
+    out, env, expected, options = tmp_path / "web_app", None, "--onnx-output", ()
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    if case == "a busy port":
+        options, expected = ("--serve", "--port", str(busy.getsockname()[1])), "--port"
+    elif case == "no export":
         onnx_dir = tmp_path / "nothing"
     elif case == "a folder of the user's":
         out.mkdir()
@@ -207,7 +214,8 @@ def test_web_refuses_with_one_line_and_changes_nothing(exported, tmp_path, case)
         (tmp_path / "empty").mkdir()
         env, expected = {"MTN_SAILS_NODE_MODULES": str(tmp_path / "empty")}, "npm ci"
     before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
-    done = write_page(onnx_dir, out, env=env)
+    done = write_page(onnx_dir, out, *options, env=env)
+    busy.close()
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and expected in lines[0] and "Traceback" not in done.stderr, done.stderr
