@@ -188,7 +188,8 @@ class ChatTemplate(PromptTemplate):
 
     def prompt(self, user_text: str, system: str | None = None, tools: Sequence[dict[str, Any]] | None = None) -> str:
         """The chat template's rendering of one user message (and system, tools), ready for the answer."""
-        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user_text}]
+        messages = [{"role": "system", "content": system}] if system else []
+        messages.append({"role": "user", "content": user_text})
         messages, tools = self._with_tools(messages, tools or [])
         try:
             return self.with_bos(self._render(messages, tools, add_generation_prompt=True)[0])
@@ -246,8 +247,9 @@ def bos_text(tokenizer) -> str:
     bos_id = tokenizer.bos_token_id
     if bos_id is None:
         return ""
-    added = tokenizer("a")["input_ids"][:1] == [bos_id] and tokenizer("a", add_special_tokens=False)["input_ids"][:1] != [bos_id]
-    return tokenizer.bos_token if added else ""
+    encoded = tokenizer("a")["input_ids"]
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    return tokenizer.bos_token if encoded[:1] == [bos_id] and plain[:1] != [bos_id] else ""
 
 
 def chat_template_of(tokenizer) -> ChatTemplate:

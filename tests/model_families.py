@@ -121,13 +121,13 @@ def train_tokenizer(family: Family, texts: list[str], vocab_size: int = 600, cha
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(family.special_tokens),
-                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                                       show_progress=False))
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(family.special_tokens),
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    bpe.train_from_iterator(texts, trainer)
     if family.adds_bos:
         bos_id = bpe.token_to_id(family.bos)
-        bpe.post_processor = processors.TemplateProcessing(single=f"{family.bos} $A", pair=f"{family.bos} $A {family.bos} $B",
-                                                           special_tokens=[(family.bos, bos_id)])
+        bpe.post_processor = processors.TemplateProcessing(
+            single=f"{family.bos} $A", pair=f"{family.bos} $A {family.bos} $B", special_tokens=[(family.bos, bos_id)])
     else:
         bpe.post_processor = processors.ByteLevel(trim_offsets=False)
     extra = [token for token in family.special_tokens if token not in (family.bos, family.eos, family.pad)]
@@ -140,7 +140,7 @@ def train_tokenizer(family: Family, texts: list[str], vocab_size: int = 600, cha
     return tokenizer
 
 
-def model_config(family: Family, tokenizer, positions: int = 256, **shape):
+def model_config(family: Family, tokenizer, positions: int = 512, **shape):
     """A tiny config of the family: GQA and untied embeddings for Llama, the tokenizer's special ids."""
     from transformers import GPT2Config, GPTNeoXConfig, LlamaConfig, Qwen2Config
 

@@ -36,7 +36,8 @@ def learned(record: Record, name: str) -> tuple[str, dict]:
     template = chat_template_of(tok)
     align_eos(_Model(), tok, template)
     example = tokenize_records([record], tok, template, 4096)[0]
-    return tok.decode([i for i, label in zip(example["input_ids"], example["labels"]) if label != IGNORE_INDEX]), example
+    learned_ids = [i for i, label in zip(example["input_ids"], example["labels"]) if label != IGNORE_INDEX]
+    return tok.decode(learned_ids), example
 
 
 class _Model:

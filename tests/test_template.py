@@ -155,7 +155,8 @@ def test_a_tokenizer_that_adds_bos_gets_it_once_at_the_start_of_each_example_and
     assert [s.text for s in llama.render(pair)] == ["<s>### Instruction:\nHi\n\n### Response:\n", "Yo"]
     assert llama.render(Record(0, "text", "text", text="Plain."))[0].text == "<s>Plain."
     assert llama.render(Record(0, "text", "text", text="<s>Already."))[0].text == "<s>Already."  # never twice
-    assert llama.prompt("Hi", system="Be brief.") == "<s>### System:\nBe brief.\n\n### Instruction:\nHi\n\n### Response:\n"
+    assert llama.prompt("Hi", system="Be brief.") == (
+        "<s>### System:\nBe brief.\n\n### Instruction:\nHi\n\n### Response:\n")
     segments = llama.render(pair)
     example = tokenize_segments(segments, [[ord(c) for c in s.text] for s in segments], EOS, max_length=10**6)
     assert [chr(label) for label in example["labels"] if label not in (IGNORE_INDEX, EOS)] == ["Y", "o"]
