@@ -20,6 +20,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 KEEP_THRESHOLD = 0.9  # an earlier session that keeps less of its probe recall than this is named at the end
 REPLAY_SELECTIONS = ("uniform", "targeted")
 REPLAY_DRAWS = ("epoch", "session")
+DISTILL_POSITIONS = ("answers", "replayed", "all")
 MAX_REPLAY = 10.0  # replayed examples per new one; beyond it the session is mostly replay
 LR_SCHEDULES = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
 FP16_NEEDS_CUDA = "--precision fp16 needs a CUDA device; on the CPU use bf16 or fp32"
@@ -90,8 +91,9 @@ class TrainConfig:
     distill_weight: float = option("weight of a term keeping the replayed answers' token distributions close to "
                                    "the model the session started from (distillation; 0 disables; holds a frozen "
                                    "copy of the start model in memory)", default=0.0)
-    distill_on: str = option("replayed: distil on the replayed examples only; all: on the new ones too",
-                             default="replayed", choices=("replayed", "all"))
+    distill_on: str = option("where distillation applies: answers (the replayed examples' answer tokens), "
+                             "replayed (every token of the replayed examples), or all (and the new examples' "
+                             "prompt tokens)", default="replayed", choices=DISTILL_POSITIONS)
     freeze_layers: int = option("freeze the embeddings and the bottom K transformer blocks (0: train everything)",
                                 default=0)
     interpolate: str = option("after training, move the weights back towards the start: off, auto (the weight "

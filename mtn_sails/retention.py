@@ -129,13 +129,26 @@ def mean_logprobs(model, examples: Sequence[dict[str, Any]], pad_id: int, batch_
     return [total / count if count else 0.0 for total, count in scored]
 
 
-def distillation_loss(student_logits, teacher_logits, labels):
-    """KL(teacher || student) per target token, averaged over the label positions (IGNORE_INDEX elsewhere)."""
-    import torch.nn.functional as F
-
+def distillation_positions(labels, attention_mask, replayed, where: str):
+    """Which next-token positions (batch, length - 1) the distillation term covers: `where` is "answers"
+    (replayed rows' target tokens), "replayed" (every token of replayed rows) or "all" (also the prompt
+    tokens of new rows; their answers are what the session must change, so never those)."""
     from .tokenized import IGNORE_INDEX
 
-    positions = labels[:, 1:] != IGNORE_INDEX
+    real = attention_mask[:, 1:].bool()
+    targets = labels[:, 1:] != IGNORE_INDEX
+    old = replayed.bool()[:, None]
+    if where == "answers":
+        return targets & old
+    if where == "replayed":
+        return real & old
+    return real & (old | ~targets)
+
+
+def distillation_loss(student_logits, teacher_logits, positions):
+    """KL(teacher || student) of the next-token distributions, averaged over `positions` (batch, length - 1)."""
+    import torch.nn.functional as F
+
     if not positions.any():
         return student_logits.sum() * 0.0
     student = F.log_softmax(student_logits[:, :-1][positions].float(), dim=-1)
@@ -252,7 +265,7 @@ def prepare_retention(config, model, tokenizer, template, pool: dict[int, list],
     interpolating = config.interpolation_weight() != 1.0
     start_weights = weights_copy(teacher if teacher is not None else model) if interpolating else None
     return SessionRetention(examples if sampler else [], Retention(sampler, teacher, config.distill_weight,
-                                                                   config.distill_on == "all"),
+                                                                   config.distill_on),
                             start_weights, frozen, sampler.per_epoch if sampler else 0)
 
 

@@ -192,7 +192,7 @@ class Retention:
     sampler: Any = None  # retention.ReplaySampler over the new examples and the replay pool, or None
     teacher: Any = None  # the frozen start model, for distillation
     distill_weight: float = 0.0
-    distill_all: bool = False  # distil on the new examples too, not only the replayed ones
+    distill_on: str = "replayed"  # retention.distillation_positions: answers | replayed | all
 
 
 class SailsTrainer(Trainer):
@@ -208,17 +208,20 @@ class SailsTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         replayed = inputs.pop(REPLAYED, None)
         retention = self.retention
-        if retention.teacher is None or not retention.distill_weight or replayed is None:
+        if retention.teacher is None or not retention.distill_weight or "labels" not in inputs:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
-        rows = torch.ones_like(replayed, dtype=torch.bool) if retention.distill_all else replayed.bool()
-        if rows.any():
-            from .retention import distillation_loss
+        if replayed is None:  # no replay pool this session: every row is new
+            replayed = torch.zeros(len(inputs["input_ids"]), dtype=torch.long, device=inputs["input_ids"].device)
+        from .retention import distillation_loss, distillation_positions
 
+        loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
+        positions = distillation_positions(inputs["labels"], inputs["attention_mask"], replayed, retention.distill_on)
+        rows = positions.any(dim=1)
+        if rows.any():  # the start model reads only the rows it has something to say about
             with torch.no_grad():
                 teacher_logits = retention.teacher(input_ids=inputs["input_ids"][rows],
                                                    attention_mask=inputs["attention_mask"][rows]).logits
-            term = distillation_loss(outputs.logits[rows], teacher_logits, inputs["labels"][rows])
+            term = distillation_loss(outputs.logits[rows], teacher_logits, positions[rows])
             if self.model_accepts_loss_kwargs and num_items_in_batch is not None:
                 term = term / self.current_gradient_accumulation_steps  # the CE part is already summed that way
             loss = loss + retention.distill_weight * term

@@ -101,10 +101,24 @@ def test_targeted_replay_draws_the_records_the_model_gets_wrong(half_known):
     assert sum(p >= 6 for p in drawn) >= 3
 
 
-def test_distillation_adds_the_kl_to_the_start_model_on_replayed_rows_only(tiny_model_dir):
+def test_distillation_positions_cover_what_each_setting_names():
+    from mtn_sails.retention import distillation_positions
+
+    labels = torch.tensor([[-100, -100, 7, 8, -100], [-100, -100, 3, 4, 5]])  # row 0 padded at the end
+    mask = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]])
+    replayed = torch.tensor([1, 0])
+    answers = distillation_positions(labels, mask, replayed, "answers").tolist()
+    assert answers == [[False, True, True, False], [False] * 4]  # next token is 7, 8 on the replayed row
+    assert distillation_positions(labels, mask, replayed, "replayed").tolist() == [[True, True, True, False],
+                                                                                   [False] * 4]
+    everything = distillation_positions(labels, mask, replayed, "all").tolist()
+    assert everything == [[True, True, True, False], [True, False, False, False]]  # never the new answers
+
+
+def test_distillation_adds_the_kl_to_the_start_model_where_asked(tiny_model_dir):
     from transformers import AutoModelForCausalLM, TrainingArguments
 
-    from mtn_sails.retention import distillation_loss
+    from mtn_sails.retention import distillation_loss, distillation_positions
     from mtn_sails.trainer import Retention, SailsTrainer
 
     student = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
@@ -112,20 +126,26 @@ def test_distillation_adds_the_kl_to_the_start_model_on_replayed_rows_only(tiny_
     with torch.no_grad():
         for parameter in student.parameters():
             parameter.add_(0.05 * torch.randn_like(parameter))
-    batch = {"input_ids": torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]]), "attention_mask": torch.ones(2, 4, dtype=torch.long),
+    batch = {"input_ids": torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]]),
+             "attention_mask": torch.ones(2, 4, dtype=torch.long),
              "labels": torch.tensor([[-100, -100, 7, 8], [-100, 10, 11, 12]])}
-    assert distillation_loss(teacher(**batch).logits, teacher(**batch).logits, batch["labels"]).item() == 0.0
+    same = distillation_positions(batch["labels"], batch["attention_mask"], torch.tensor([1, 1]), "replayed")
+    assert distillation_loss(teacher(**batch).logits, teacher(**batch).logits, same).item() == 0.0
     args = TrainingArguments(output_dir="unused", report_to="none", use_cpu=True)
     plain = SailsTrainer(model=student, args=args)
-    distilling = SailsTrainer(model=student, args=args, retention=Retention(teacher=teacher, distill_weight=2.0))
-    with torch.no_grad():
-        base = plain.compute_loss(student, {**batch, "replayed": torch.tensor([0, 1])})
-        loss = distilling.compute_loss(student, {**batch, "replayed": torch.tensor([0, 1])})
-        no_replayed_rows = distilling.compute_loss(student, {**batch, "replayed": torch.tensor([0, 0])})
-        kl = distillation_loss(student(**batch).logits[1:], teacher(**batch).logits[1:], batch["labels"][1:])
-    assert kl > 0
-    assert loss.item() == pytest.approx(base.item() + 2.0 * kl.item(), rel=1e-5)
-    assert no_replayed_rows.item() == pytest.approx(base.item(), rel=1e-6)
+    for where in ("answers", "replayed"):
+        distilling = SailsTrainer(model=student, args=args,
+                                  retention=Retention(teacher=teacher, distill_weight=2.0, distill_on=where))
+        with torch.no_grad():
+            base = plain.compute_loss(student, {**batch, "replayed": torch.tensor([0, 1])})
+            loss = distilling.compute_loss(student, {**batch, "replayed": torch.tensor([0, 1])})
+            no_replayed_rows = distilling.compute_loss(student, {**batch, "replayed": torch.tensor([0, 0])})
+            positions = distillation_positions(batch["labels"][1:], batch["attention_mask"][1:], torch.tensor([1]),
+                                               where)
+            kl = distillation_loss(student(**batch).logits[1:], teacher(**batch).logits[1:], positions)
+        assert kl > 0
+        assert loss.item() == pytest.approx(base.item() + 2.0 * kl.item(), rel=1e-5)
+        assert no_replayed_rows.item() == pytest.approx(base.item(), rel=1e-6)
 
 
 def test_blocks_are_found_by_structure_in_every_family():
