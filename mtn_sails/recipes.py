@@ -67,6 +67,8 @@ def load_start_model(plan: TrainingPlan, config: TrainConfig, records: Iterable[
         # the labels with -100 itself, so the eos ending a response stays learned (transformers #4122).
         tokenizer.pad_token = tokenizer.eos_token
     model.config.pad_token_id = tokenizer.pad_token_id
+    if model.generation_config is not None:  # else the Trainer aligns it and prints a note about it
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
 
 
