@@ -141,20 +141,21 @@ def train_tokenizer(family: Family, texts: list[str], vocab_size: int = 600, cha
 
 
 def model_config(family: Family, tokenizer, positions: int = 512, **shape):
-    """A tiny config of the family: GQA and untied embeddings for Llama, the tokenizer's special ids."""
+    """A config of the family (tiny unless `shape` says otherwise: hidden, layers, heads, kv_heads,
+    intermediate, tied, vocab): GQA and untied embeddings for Llama, the tokenizer's special ids."""
     from transformers import GPT2Config, GPTNeoXConfig, LlamaConfig, Qwen2Config
 
     ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
-           "pad_token_id": tokenizer.pad_token_id, "vocab_size": len(tokenizer)}
-    hidden, layers = shape.get("hidden", 64), shape.get("layers", 2)
+           "pad_token_id": tokenizer.pad_token_id, "vocab_size": shape.get("vocab", len(tokenizer))}
+    hidden, layers, heads = shape.get("hidden", 64), shape.get("layers", 2), shape.get("heads", 4)
     if family.name == "gpt2":
-        return GPT2Config(n_embd=hidden, n_layer=layers, n_head=4, n_positions=positions, **ids)
+        return GPT2Config(n_embd=hidden, n_layer=layers, n_head=heads, n_positions=positions, **ids)
     if family.name == "gpt_neox":
-        return GPTNeoXConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
+        return GPTNeoXConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
                              intermediate_size=4 * hidden, max_position_embeddings=positions, rotary_pct=0.25,
                              use_parallel_residual=True, tie_word_embeddings=False, **ids)
     common = dict(hidden_size=hidden, num_hidden_layers=layers, intermediate_size=shape.get("intermediate", 2 * hidden),
-                  num_attention_heads=shape.get("heads", 4), num_key_value_heads=shape.get("kv_heads", 2),
+                  num_attention_heads=heads, num_key_value_heads=shape.get("kv_heads", 2),
                   max_position_embeddings=positions, rms_norm_eps=1e-5, **ids)
     if family.name == "llama":
         return LlamaConfig(tie_word_embeddings=shape.get("tied", False), rope_theta=10000.0, **common)
@@ -171,15 +172,16 @@ def corpus() -> list[str]:
     return texts
 
 
-def save_base(name: str, directory: Path, instruct: bool = False, seed: int = 0, **shape) -> Path:
-    """A saved tiny base of family `name` (instruct: with the family's chat template); returns `directory`."""
+def save_base(name: str, directory: Path, instruct: bool = False, seed: int = 0, positions: int = 512,
+              **shape) -> Path:
+    """A saved base of family `name` (tiny unless `shape` says; instruct: with the family's chat template)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     family = FAMILIES[name]
     tokenizer = train_tokenizer(family, corpus(), chat_template=INSTRUCT[name] if instruct else None)
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(model_config(family, tokenizer, **shape))
+    model = AutoModelForCausalLM.from_config(model_config(family, tokenizer, positions, **shape))
     model.save_pretrained(directory, safe_serialization=True)
     tokenizer.save_pretrained(directory)
     return directory
