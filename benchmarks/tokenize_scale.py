@@ -4,10 +4,14 @@
     python benchmarks/tokenize_scale.py --records 20000          # a quick form (one size)
     python benchmarks/tokenize_scale.py --json-out tokenize_scale.json
 
-Writes question/answer JSONL records (varied lengths, a long tail) into a temporary directory; trains a
-scratch byte-level BPE tokenizer (`mtn_sails.scratch.train_tokenizer`, vocabulary --vocab-size) on the
-first --tokenizer-records records and saves it; then, per size, a child process does what a training
-session does with the file before the Trainer starts:
+Writes question/answer JSONL records (varied lengths, a long tail) into a temporary directory: with
+`--text real` (default) each question is an Alpaca instruction and each answer a lognormal number of
+sentences drawn from the Alpaca outputs and C4 web documents in tests/data (real English: 8,000+ distinct
+sentences), with `--text words` sentences of a 150-word list. The tokenizer is GPT-2's own
+(`--tokenizer gpt2`, 50,257 tokens, benchmarks/gpt2_vocab.py: what distilgpt2 users tokenise with), or a
+scratch byte-level BPE (`--tokenizer trained`: `mtn_sails.scratch.train_tokenizer`, vocabulary
+--vocab-size, on the first --tokenizer-records records). Then, per size, a child process does what a
+training session does with the file before the Trainer starts:
 
     sha256 -> tokenized.records_dataset (the file streamed into Arrow rows) -> split_dataset (10% held out)
     -> tokenized.tokenize(train, held-out, tokenizer, template, --max-length)   (datasets.map, batches of 1000)
@@ -34,7 +38,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
+from gpt2_vocab import gpt2_tokenizer  # noqa: E402
 from machine import write_json  # noqa: E402
+REALDATA = REPO / "tests" / "data"
 DEFAULT_SIZES = (100_000, 300_000, 1_000_000)
 FLAT_RSS_RATIO = 1.5  # "flat": the largest file's peak RSS within 1.5x of the smallest's
 
@@ -59,6 +65,31 @@ def write_records(path: Path, records: int, seed: int = 0) -> int:
             answer = " ".join(" ".join(rng.choices(WORDS, k=rng.randint(5, 18))).capitalize() + "."
                               for _ in range(sentences))
             handle.write(json.dumps({"question": question, "answer": answer}) + "\n")
+    return path.stat().st_size
+
+
+def real_sentences() -> tuple[list[str], list[str]]:
+    """(questions, sentences) from the real files the tests carry: Alpaca instructions, and the sentences of
+    Alpaca outputs and C4 web documents."""
+    import re
+
+    alpaca = json.loads((REALDATA / "alpaca_en_demo.json").read_text(encoding="utf-8"))
+    with open(REALDATA / "c4_demo.jsonl", encoding="utf-8") as handle:
+        documents = [json.loads(line)["text"] for line in handle]
+    questions = [r["instruction"] + (f"\n{r['input']}" if r.get("input") else "") for r in alpaca]
+    split = re.compile(r"(?<=[.!?])\s+")
+    sentences = [s.strip() for text in [r["output"] for r in alpaca] + documents for s in split.split(text)]
+    return questions, [s for s in sentences if len(s) > 1]
+
+
+def write_real_records(path: Path, records: int, seed: int = 0) -> int:
+    """`records` question/answer JSONL lines of real English (answers: lognormal sentence count); returns bytes."""
+    rng = random.Random(seed)
+    questions, sentences = real_sentences()
+    with open(path, "w", encoding="utf-8") as handle:
+        for _ in range(records):
+            answer = " ".join(rng.choices(sentences, k=max(1, int(rng.lognormvariate(1.2, 0.8)))))
+            handle.write(json.dumps({"question": rng.choice(questions), "answer": answer}) + "\n")
     return path.stat().st_size
 
 
@@ -205,11 +236,12 @@ def run(args) -> dict:
     work = Path(tempfile.mkdtemp(prefix="tokenize_scale_"))
     try:
         report = {"machine": machine(), "settings": {"sizes": sizes, "max_length": args.max_length,
+                                                     "text": args.text, "tokenizer": args.tokenizer,
                                                      "vocab_size": args.vocab_size,
                                                      "tokenizer_records": args.tokenizer_records}}
         largest = work / f"qa_{sizes[-1]}.jsonl"
         started = time.perf_counter()
-        write_records(largest, sizes[-1], args.seed)
+        (write_real_records if args.text == "real" else write_records)(largest, sizes[-1], args.seed)
         report["generate_s"] = round(time.perf_counter() - started, 2)
         sys.path.insert(0, str(REPO))
         from mtn_sails.data import load_records
@@ -217,13 +249,18 @@ def run(args) -> dict:
         from mtn_sails.template import PromptTemplate
 
         started = time.perf_counter()
-        template = PromptTemplate()
-        sample = (s.text for r, _ in zip(load_records(largest), range(args.tokenizer_records))
-                  for s in template.render(r))
-        tokenizer = train_tokenizer(sample, args.vocab_size)
+        if args.tokenizer == "gpt2":
+            tokenizer = gpt2_tokenizer()
+            report["tokenizer"] = {"name": "GPT-2's own (distilgpt2's)", "vocab_size": len(tokenizer)}
+        else:
+            template = PromptTemplate()
+            sample = (s.text for r, _ in zip(load_records(largest), range(args.tokenizer_records))
+                      for s in template.render(r))
+            tokenizer = train_tokenizer(sample, args.vocab_size)
+            report["tokenizer"] = {"name": "scratch byte-level BPE",
+                                   "trained_on_records": min(args.tokenizer_records, sizes[-1]),
+                                   "vocab_size": len(tokenizer), "train_s": round(time.perf_counter() - started, 2)}
         tokenizer.save_pretrained(work / "tokenizer")
-        report["tokenizer"] = {"trained_on_records": min(args.tokenizer_records, sizes[-1]),
-                               "vocab_size": len(tokenizer), "train_s": round(time.perf_counter() - started, 2)}
         del tokenizer
         report["runs"] = []
         for size in sizes:
@@ -268,8 +305,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="file sizes in records (default 100000 300000 1000000)")
     parser.add_argument("--quick", action="store_true", help="--records 10000 30000")
     parser.add_argument("--max-length", type=int, default=512)
-    parser.add_argument("--vocab-size", type=int, default=8000, help="scratch tokenizer vocabulary (--scratch-size "
-                        "small's)")
+    parser.add_argument("--text", choices=["real", "words"], default="real",
+                        help="answers from real English sentences (tests/data) or from a 150-word list")
+    parser.add_argument("--tokenizer", choices=["gpt2", "trained"], default="gpt2",
+                        help="GPT-2's own tokenizer (50,257 tokens) or a scratch BPE trained on the file")
+    parser.add_argument("--vocab-size", type=int, default=8000, help="--tokenizer trained: its vocabulary "
+                        "(--scratch-size small's)")
     parser.add_argument("--tokenizer-records", type=int, default=10_000, help="records the tokenizer is trained on")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json-out", metavar="FILE", help="also write every number as JSON")

