@@ -54,7 +54,7 @@ REQUIREMENTS = {
     "safetensors": "safetensors", "accelerate": "accelerate",
     "optimum": "optimum-onnx",  # optimum.exporters.onnx and optimum.onnxruntime; it pulls in optimum itself
     "onnx": "onnx", "onnxruntime": "onnxruntime", "matplotlib": "matplotlib", "yaml": "PyYAML",
-    "huggingface_hub": "huggingface_hub", "psutil": "psutil", "filelock": "filelock",
+    "huggingface_hub": "huggingface_hub", "psutil": "psutil", "filelock": "filelock", "peft": "peft",
 }
 
 
