@@ -1,8 +1,8 @@
 """Generation speed on CPU: PyTorch eager vs onnxruntime (fp32 and int8), against the memory-bandwidth bound.
 
-    python benchmarks/generate_speed.py                         # 64 new tokens, best of 10 rounds
-    python benchmarks/generate_speed.py --quick                 # 16 new tokens, best of 2, no levers
-    python benchmarks/generate_speed.py --json-out generate_speed.json
+    python benchmarks/generate_speed.py                         # 64 new tokens, 10 rounds
+    python benchmarks/generate_speed.py --quick                 # 16 new tokens, 2 rounds, no levers
+    python benchmarks/generate_speed.py --rounds 5 --no-levers --json-out benchmarks/results/generate_speed.json
 
 Builds a distilgpt2-shaped GPT-2 (6 layers, 768 wide, 12 heads, vocabulary 50257; random weights, a
 scratch byte-level BPE tokenizer: no hub), saves it to a temporary directory, exports it with the
@@ -19,8 +19,10 @@ prompt:
 Decoding one token reads every weight matrix once, so the ceiling is memory bandwidth / bytes of
 weights read per token; the bandwidth is measured in the same run (numpy reads of a 512 MB array,
 one thread per core, once per round). Each round runs every candidate once, so a disturbed minute
-hits them all alike; a candidate's time is its best round, the one least disturbed by other
-processes on a shared machine.
+hits them all alike; a candidate's figure is its median round, with its best round (the one least
+disturbed by other processes on a shared machine) beside it. The int8 top-1 agreement the export
+reports here is on random weights, whose next-token distribution is almost flat: the agreement on a
+trained model is measured by benchmarks/int8_agreement.py.
 """
 from __future__ import annotations
 
@@ -173,11 +175,13 @@ def build_model(directory: Path) -> None:
     PromptTemplate().save(directory)
 
 
-def run(quick: bool) -> dict:
+def run(quick: bool, rounds: int | None = None, levers: bool | None = None) -> dict:
     """All measurements of one run."""
     import torch
 
     new_tokens, repeats = (16, 2) if quick else (64, 10)
+    repeats = rounds or repeats
+    levers = (not quick) if levers is None else levers
     report: dict = {"machine": machine(), "settings": {"batch": 1, "prompt_tokens": PROMPT_TOKENS,
                                                        "new_tokens": new_tokens, "repeats": repeats,
                                                        "decoding": "greedy"}}
@@ -235,7 +239,7 @@ def run(quick: bool) -> dict:
             ONNX_FP32: our_loop(OnnxDecoder(default_session)),
             "onnxruntime int8, generate.py": our_loop(OnnxDecoder(onnx_session(int8))),
         }
-        if not quick:  # the levers, each changed alone from generate.py's settings (fp32 model)
+        if levers:  # the levers, each changed alone from generate.py's settings (fp32 model)
             fused = onnx_dir / "model_fused.onnx"
             fuse_transformer_ops(fp32, fused)
             candidates.update({
@@ -279,18 +283,20 @@ def run(quick: bool) -> dict:
         row["vs_pytorch"] = row["tokens_per_s"] / torch_speed
         row["of_bound"] = row["tokens_per_s"] / (bandwidth / (bytes_int8 if "int8" in name else bytes_fp32))
     report["ratio_onnx_fp32_vs_pytorch"] = rows[ONNX_FP32]["vs_pytorch"]
-    report["goal_met"] = report["ratio_onnx_fp32_vs_pytorch"] >= GOAL_RATIO
+    report["ratio_onnx_fp32_vs_pytorch_median"] = rows[ONNX_FP32]["median_tokens_per_s"] / rows[PYTORCH]["median_tokens_per_s"]
+    report["goal_met"] = report["ratio_onnx_fp32_vs_pytorch_median"] >= GOAL_RATIO  # the median round, not the best
     return report
 
 
 def markdown(report: dict) -> str:
     """The table for BENCHMARKS.md."""
-    lines = ["| decoder | tokens/s (best round) | median round | vs PyTorch | of bandwidth bound | "
-             "same tokens as PyTorch |", "|---|---|---|---|---|---|"]
+    lines = ["| decoder | tokens/s (median round) | best round | vs PyTorch (median) | vs PyTorch (best) | "
+             "of bandwidth bound (best) | same tokens as PyTorch |", "|---|---|---|---|---|---|---|"]
+    torch_median = report["rows"][PYTORCH]["median_tokens_per_s"]
     for name, row in report["rows"].items():
-        lines.append(f"| {name} | {row['tokens_per_s']:.1f} | {row['median_tokens_per_s']:.1f} | "
-                     f"{row['vs_pytorch']:.2f}x | {row['of_bound']:.0%} | "
-                     f"{'yes' if row['same_tokens_as_pytorch'] else 'no'} |")
+        lines.append(f"| {name} | {row['median_tokens_per_s']:.1f} | {row['tokens_per_s']:.1f} | "
+                     f"{row['median_tokens_per_s'] / torch_median:.2f}x | {row['vs_pytorch']:.2f}x | "
+                     f"{row['of_bound']:.0%} | {'yes' if row['same_tokens_as_pytorch'] else 'no'} |")
     bound, bw, export_ = report["bound"], report["bandwidth"], report["export"]
     files = ", ".join(f"{name} {size / 1e6:.1f} MB" for name, size in export_["files"].items()
                       if name.endswith(".onnx"))
@@ -301,12 +307,13 @@ def markdown(report: dict) -> str:
               f" -> bound {bound['tokens_per_s_fp32']:.0f} tokens/s fp32, {bound['tokens_per_s_int8']:.0f} int8.",
               f"Export (with --quantize and the parity check): {export_['seconds']:.1f} s; {files} "
               f"(safetensors {export_['safetensors_bytes'] / 1e6:.1f} MB); parity max |diff| "
-              f"{export_['max_abs_diff']:.1e}; int8 top-1 agreement {export_['int8_top1_agreement']:.0%}; "
+              f"{export_['max_abs_diff']:.1e}; int8 top-1 agreement {export_['int8_top1_agreement']:.0%} (random weights); "
               f"ONNX session load {report['onnx_session_load_s']:.2f} s.",
               f"Load average (1, 5, 15 min) before: {', '.join(f'{x:.2f}' for x in report['load_average_before'])}; "
               f"after: {', '.join(f'{x:.2f}' for x in report['load_average_after'])}.",
-              f"onnxruntime fp32 / PyTorch eager: {report['ratio_onnx_fp32_vs_pytorch']:.2f}x "
-              f"(goal {GOAL_RATIO}x: {'met' if report['goal_met'] else 'NOT met'})."]
+              f"onnxruntime fp32 / PyTorch eager: {report['ratio_onnx_fp32_vs_pytorch_median']:.2f}x at the median "
+              f"round, {report['ratio_onnx_fp32_vs_pytorch']:.2f}x at the best "
+              f"(goal {GOAL_RATIO}x at the median: {'met' if report['goal_met'] else 'NOT met'})."]
     return "\n".join(lines)
 
 
@@ -314,10 +321,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
-                        help="16 new tokens, best of 2, the four main rows only (a smoke run)")
+                        help="16 new tokens, 2 rounds, the four main rows only (a smoke run)")
+    parser.add_argument("--rounds", type=int, default=None, help="rounds of every candidate (default 10; --quick 2)")
+    parser.add_argument("--levers", action=argparse.BooleanOptionalAction, default=None,
+                        help="also time the levers (default: on, off with --quick)")
     parser.add_argument("--json-out", metavar="FILE", help="also write every number as JSON")
     args = parser.parse_args(argv)
-    report = run(args.quick)
+    report = run(args.quick, args.rounds, args.levers)
     print()
     print(markdown(report))
     write_json(args.json_out, report)
