@@ -270,7 +270,7 @@ def load_session_model(config: TrainConfig, plan: TrainingPlan, data: SessionDat
                        checkpoint: str | None) -> StartModel:
     """The model the session trains: the plan's start, or on resume the checkpoint's weights and tokenizer;
     its template settled (--template), LoRA adapters added (--method lora)."""
-    from .chat_template import align_eos, settle_template
+    from .template import align_eos, settle_template
     from .tokenized import iter_records
 
     # A LoRA checkpoint holds the adapters only: the start model is wrapped again and the Trainer restores them.
