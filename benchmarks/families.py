@@ -89,10 +89,9 @@ def run_arm(shape_name: str, arm: str, steps: int, batch_size: int, max_length: 
     import torch
     from transformers import Trainer, TrainerCallback
 
-    from mtn_sails.chat_template import bos_text
     from mtn_sails.data import load_records
     from mtn_sails.lora import parameter_counts, wrap_lora
-    from mtn_sails.template import PromptTemplate
+    from mtn_sails.template import PromptTemplate, bos_text
     from mtn_sails.tokenized import records_to_dataset, tokenize
     from mtn_sails.trainer import PaddingCollator, TrainSettings, training_arguments
 

@@ -10,10 +10,10 @@ from model_families import (CHATML_GENERATION_TEMPLATE, FAMILIES, LLAMA3_CHAT_TE
                             train_tokenizer)
 from test_shapes import SHAPES, WEATHER_TOOL
 
-from mtn_sails.chat_template import (align_eos, chat_template_of, conversation, render_chat, settle_template)
+from mtn_sails.chat_template import conversation, render_chat
 from mtn_sails.data import Record, Turn
 from mtn_sails.errors import InputError
-from mtn_sails.template import PromptTemplate
+from mtn_sails.template import PromptTemplate, align_eos, chat_template_of, settle_template
 from mtn_sails.tokenized import IGNORE_INDEX, tokenize_records
 
 TEMPLATES = {"qwen2": ("qwen2", QWEN2_CHAT_TEMPLATE), "llama3": ("llama", LLAMA3_CHAT_TEMPLATE),
