@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from web_model import node_generate, python_generate, web_export  # noqa: F401 (a fixture)
+from web_model import node_generate, python_generate, trained_export, web_export  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.slow
 
@@ -45,3 +45,17 @@ def test_node_sampling_answers_within_the_token_budget(web_export):
     for result in node:
         assert len(result["tokenIds"]) <= 12 and (result["tokenIds"] or result["stoppedAtEos"])
         assert result["text"] == tokenizer.decode(result["tokenIds"])  # streamed text is the tokens' text
+
+
+@pytest.mark.parametrize("family, instruct", [("llama", False), ("qwen2", True)])
+def test_node_greedy_tokens_equal_python_for_other_families(tmp_path_factory, family, instruct):
+    """Llama: the BOS the template writes, GQA, RoPE, untied head; Qwen2 instruct: the prompt its own
+    chat template rendered (stored as a pattern JavaScript fills in) and <|im_end|> as the stop."""
+    _, onnx_dir = trained_export(tmp_path_factory.getbasetemp() / f"web_{family}", family, instruct)
+    node = node_generate(onnx_dir, QUESTIONS[:3], "--max-new-tokens", "40")
+    for result in node:
+        python = python_generate(onnx_dir, result["question"], 40)
+        assert result["promptTokens"] == python["promptTokens"], result["question"]
+        assert result["tokenIds"] == python["tokenIds"], result["question"]
+        assert result["text"] == python["text"]
+    assert any(result["stoppedAtEos"] for result in node)

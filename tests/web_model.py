@@ -1,9 +1,10 @@
-"""A tiny GPT-2 that has learned the QA pairs, exported once per test run for the Node and browser tests.
+"""Tiny models that have learned the QA pairs, exported once per test run for the Node and browser tests.
 
 Random weights answer every question with the same few repeated tokens, which would let a runtime
 that mishandles positions or the cache still "agree"; a model that answers each question with its
 own sentence and then stops at eos checks the whole path. Overfitting 12 pairs directly (no Trainer:
-the training stage is tested elsewhere) keeps this to seconds.
+the training stage is tested elsewhere) keeps this to seconds. GPT-2 by default; Llama (BOS, GQA,
+RoPE) and Qwen2 instruct (its ChatML template, <|im_end|> as eos) for the families' Node parity.
 """
 from __future__ import annotations
 
@@ -22,21 +23,41 @@ STEPS = 150  # loss ~0.1: each answer reproduced word for word under greedy deco
 LEARNING_RATE = 5e-3
 
 
+def _base(root: Path, family: str, instruct: bool):
+    """(model, tokenizer, template) to train: the scratch GPT-2, or a tiny model of another family
+    (tests/model_families.py) with the template and eos a session would settle for it."""
+    from mtn_sails.template import PromptTemplate
+
+    if family == "gpt2":
+        from mtn_sails.scratch import build_scratch_model
+
+        texts = [PromptTemplate().prompt(question) + answer for question, answer in QA_PAIRS]
+        model, tokenizer = build_scratch_model(texts * 4, size="tiny", max_length=128, seed=0)
+        return model, tokenizer, PromptTemplate()
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from mtn_sails.chat_template import align_eos, bos_text, chat_template_of
+    from model_families import save_base
+
+    base = save_base(family, root / "base", instruct=instruct)
+    tokenizer, model = AutoTokenizer.from_pretrained(base), AutoModelForCausalLM.from_pretrained(base)
+    template = chat_template_of(tokenizer) if instruct else PromptTemplate(bos=bos_text(tokenizer))
+    align_eos(model, tokenizer, template)  # a chat template's end-of-turn token becomes the eos
+    return model, tokenizer, template
+
+
 @functools.cache
-def trained_export(root: Path) -> tuple[Path, Path]:
+def trained_export(root: Path, family: str = "gpt2", instruct: bool = False) -> tuple[Path, Path]:
     """(trained dir, ONNX dir with --quantize) under `root`; built once per process."""
     import torch
 
     from mtn_sails.config import ExportConfig
     from mtn_sails.exporter import export
-    from mtn_sails.scratch import build_scratch_model
-    from mtn_sails.template import PromptTemplate
 
-    template = PromptTemplate()
-    texts = [template.prompt(question) + answer for question, answer in QA_PAIRS]
-    model, tokenizer = build_scratch_model(texts * 4, size="tiny", max_length=128, seed=0)
+    model, tokenizer, template = _base(root, family, instruct)
     eos = tokenizer.eos_token_id
-    rows = [tokenizer(text)["input_ids"] + [eos] for text in texts]
+    texts = [template.prompt(question) + answer for question, answer in QA_PAIRS]
+    rows = [tokenizer(text, add_special_tokens=False)["input_ids"] + [eos] for text in texts]  # as training does
     width = max(map(len, rows))
     input_ids = torch.tensor([row + [eos] * (width - len(row)) for row in rows])
     labels = torch.tensor([row + [-100] * (width - len(row)) for row in rows])

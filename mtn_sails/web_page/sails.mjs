@@ -6,10 +6,18 @@ export function formatField(pattern, content) {
   return pattern.replace(/\{\{|\}\}|\{content\}/g, (match) => (match === "{{" ? "{" : match === "}}" ? "}" : content));
 }
 
+// The BOS text once at the start, where the tokenizer adds one (Llama) and training wrote it (PromptTemplate.with_bos).
+function withBos(template, text) {
+  const bos = template.bos || "";
+  return !bos || text.startsWith(bos) ? text : bos + text;
+}
+
 // The text the model was trained to answer, as PromptTemplate.prompt renders it (prompt_template.json).
+// A model trained through its tokenizer's chat template (kind "chat") stores the one-question prompt
+// that template renders as the `user` pattern, so no jinja is needed here; a system text needs the plain kind.
 export function renderPrompt(template, question, system = "") {
-  const head = system ? formatField(template.system, system) : "";
-  return head + formatField(template.user, question);
+  const head = system && template.kind !== "chat" ? formatField(template.system, system) : "";
+  return withBos(template, head + formatField(template.user, question));
 }
 
 // Decode options that match mtn-sails generate: special tokens dropped, spacing left as generated.
