@@ -190,7 +190,8 @@ class GenerateConfig:
     temperature: float = option("0 for greedy decoding, else sampling temperature", default=0.0)
     top_p: float = option("nucleus sampling mass (with --temperature > 0)", default=1.0)
     seed: int = option("random seed for sampling", default=42)
-    raw: bool = option("send the prompt as it is, without the stored template", default=False)
+    raw: bool = option("send the prompt as it is, without the stored template (after the BOS token a Llama "
+                       "tokenizer adds, as in training)", default=False)
     int8: bool = option("use the int8 model (model_quantized.onnx from export --quantize); faster, its "
                         "agreement with fp32 is reported by export", default=False)
     tools: str | None = option("JSON file of tool definitions (OpenAI format: an array, or an object with a "
@@ -198,6 +199,7 @@ class GenerateConfig:
 
     def __post_init__(self) -> None:
         _require(not (self.int8 and self.backend == "torch"), "--int8 needs --backend onnx")
+        _require(not (self.tools and self.raw), "--tools are offered through the stored template; drop --raw")
         _require(self.max_new_tokens > 0, "--max-new-tokens must be positive")
         _require(self.temperature >= 0, "--temperature must be 0 or positive")
         _require(0 < self.top_p <= 1, "--top-p must be in (0, 1]")
