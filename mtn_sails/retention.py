@@ -15,7 +15,8 @@ from typing import Any, Callable, Iterator, Sequence
 from .errors import InputError
 
 TARGETED_SHARE = 0.75  # of each epoch's replay budget spent on the worst-scored records; the rest is uniform
-MAX_SCORED = 256  # pool records scored per epoch for targeted replay (a random subset of a larger pool)
+MAX_SCORED = 256  # pool records scored at the first epoch of targeted replay (a random subset of a larger pool)
+REFRESHED_PER_EPOCH = 8  # scores brought up to date at each later epoch, beside those just replayed
 ALPHAS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5)  # interpolation weights tried by --interpolate auto
 NEW_RECALL_TOLERANCE = 0.05  # auto interpolation may give up this much of the new session's recall
 
@@ -27,28 +28,43 @@ def replay_count(new_examples: int, ratio: float, pool_size: int) -> int:
     return max(1, int(ratio * new_examples + 1e-9))
 
 
-def uniform_choice(sessions: Sequence[int], count: int, rng: random.Random,
-                   exclude: frozenset[int] = frozenset()) -> list[int]:
-    """`count` pool positions, an equal share from each earlier session (one large session can't crowd out
-    small ones); without repeats while a session has records left."""
-    by_session: dict[int, list[int]] = {}
-    for position, session in enumerate(sessions):
-        if position not in exclude:
-            by_session.setdefault(session, []).append(position)
-    groups = [by_session[s] for s in sorted(by_session)]
+def session_shares(sessions: Sequence[int], count: int, rng: random.Random) -> dict[int, int]:
+    """How many of `count` replayed examples each earlier session gives: an equal share (one large session
+    can't crowd out small ones), the remainder to sessions picked at random (so none is left out for good)."""
+    present = sorted(set(sessions))
+    if not present:
+        return {}
+    extra = set(rng.sample(present, count % len(present)))
+    return {session: count // len(present) + (session in extra) for session in present}
+
+
+def _draw(group: list[int], share: int, rng: random.Random) -> list[int]:
+    return rng.sample(group, share) if share <= len(group) else [rng.choice(group) for _ in range(share)]
+
+
+def uniform_choice(sessions: Sequence[int], count: int, rng: random.Random) -> list[int]:
+    """`count` pool positions, an equal share from each earlier session; without repeats while a session
+    has records left."""
     chosen: list[int] = []
-    for index, group in enumerate(groups):
-        share = count // len(groups) + (index >= len(groups) - count % len(groups)) if groups else 0
-        chosen += rng.sample(group, share) if share <= len(group) else [rng.choice(group) for _ in range(share)]
+    for session, share in session_shares(sessions, count, rng).items():
+        chosen += _draw([p for p, s in enumerate(sessions) if s == session], share, rng)
     return chosen
 
 
 def targeted_choice(scores: dict[int, float], sessions: Sequence[int], count: int, rng: random.Random,
-                    share: float = TARGETED_SHARE) -> list[int]:
-    """`count` pool positions: `share` of them the lowest-scored (mean log-probability per answer token),
-    the rest drawn uniformly from the others."""
-    worst = sorted(scores, key=lambda position: (scores[position], position))[:round(count * share)]
-    return worst + uniform_choice(sessions, count - len(worst), rng, exclude=frozenset(worst))
+                    focus: float = TARGETED_SHARE) -> list[int]:
+    """`count` pool positions, an equal share from each earlier session; within a session `focus` of its
+    share goes to its lowest-scored records (mean log-probability per answer token), the rest is drawn
+    uniformly from the others. Scores are compared within a session only: plain text always scores lower
+    than answers, and would take every place otherwise."""
+    chosen: list[int] = []
+    for session, share in session_shares(sessions, count, rng).items():
+        group = [p for p, s in enumerate(sessions) if s == session]
+        scored = sorted((p for p in group if p in scores), key=lambda p: (scores[p], p))
+        worst = scored[:round(share * focus)]
+        rest = [p for p in group if p not in set(worst)] or group
+        chosen += worst + _draw(rest, share - len(worst), rng)
+    return chosen
 
 
 class ReplaySampler:
@@ -97,11 +113,17 @@ class ReplayPlan:
 def make_sampler(plan: ReplayPlan, new_count: int, pool_sessions: Sequence[int],
                  score: Callable[[list[int]], list[float]]) -> ReplaySampler | None:
     """The session's replay sampler (None without a pool or budget); `score(positions)` gives the current
-    model's mean answer log-probability of those pool examples."""
+    model's mean answer log-probability of those pool examples.
+
+    Targeted replay keeps a table of scores: all of them at the first epoch (up to MAX_SCORED), then at each
+    epoch those replayed in the last one and REFRESHED_PER_EPOCH others at random, so scoring costs a few
+    forward passes per epoch instead of one per stored record.
+    """
     per_epoch = replay_count(new_count, plan.ratio, len(pool_sessions))
     if per_epoch == 0:
         return None
     session_draw: list[int] = []
+    scores: dict[int, float] = {}
 
     def choose(epoch: int) -> list[int]:
         if plan.draw == "session" and session_draw:
@@ -110,10 +132,12 @@ def make_sampler(plan: ReplayPlan, new_count: int, pool_sessions: Sequence[int],
         if plan.select == "uniform":
             chosen = uniform_choice(pool_sessions, per_epoch, rng)
         else:
-            candidates = list(range(len(pool_sessions)))
-            if len(candidates) > MAX_SCORED:
-                candidates = sorted(rng.sample(candidates, MAX_SCORED))
-            chosen = targeted_choice(dict(zip(candidates, score(candidates))), pool_sessions, per_epoch, rng)
+            unscored = [p for p in range(len(pool_sessions)) if p not in scores]
+            fresh = rng.sample(unscored, min(len(unscored), MAX_SCORED)) if not scores else \
+                sorted(set(session_draw) | set(rng.sample(range(len(pool_sessions)),
+                                                          min(len(pool_sessions), REFRESHED_PER_EPOCH))))
+            scores.update(zip(fresh, score(fresh)))
+            chosen = targeted_choice(scores, pool_sessions, per_epoch, rng)
         session_draw[:] = chosen
         return chosen
 

@@ -60,6 +60,15 @@ def test_uniform_choice_gives_each_earlier_session_an_equal_share():
     assert len(set(chosen)) == 6
     many = uniform_choice([1, 1], 5, random.Random(0))  # more than stored: repeats
     assert len(many) == 5 and set(many) <= {0, 1}
+    ones = {sessions[uniform_choice(sessions, 1, random.Random(epoch))[0]] for epoch in range(30)}
+    assert ones == {1, 2, 3}  # a budget smaller than the sessions still reaches each of them over the epochs
+
+
+def test_targeted_choice_compares_scores_within_a_session():
+    sessions = [1, 1, 1, 2, 2, 2]  # session 1 plain text (always scores low), session 2 answers
+    scores = {0: -6.0, 1: -5.0, 2: -7.0, 3: -0.1, 4: -2.5, 5: -0.3}
+    chosen = retention.targeted_choice(scores, sessions, 2, random.Random(0), focus=1.0)
+    assert sorted(chosen) == [2, 4]  # the worst of each session, not the two lowest overall
 
 
 def test_sampler_visits_every_new_example_each_epoch_and_redraws_the_replay():
