@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import QA_PAIRS, write_qa
+from conftest import QA_PAIRS, REPO, write_qa
 from mtn_sails import recipes, store
 from mtn_sails.config import TrainConfig
 from mtn_sails.history import load_history
@@ -134,3 +134,68 @@ def test_replay_pool_is_every_earlier_slice(tmp_path):
     assert recipes.replay_pool(model_dir, 0.1) == {1: store.read_slices(model_dir, store.REPLAY_DIR)[1],
                                                    3: store.read_slices(model_dir, store.REPLAY_DIR)[3]}
     assert [len(records) for records in recipes.replay_pool(model_dir, 0.1).values()] == [len(records), 2]
+
+
+def _benchmark():
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("bench_forgetting", REPO / "benchmarks" / "forgetting.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up while being built
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_splits_facts_and_judges_the_goal_as_the_issue_states():
+    bench = _benchmark()
+    facts = bench.make_facts(3, 6, seed=1)
+    assert len({f["question"] for session in facts for f in session}) == 18  # disjoint
+    assert bench.make_facts(3, 6, seed=1) == facts
+    parts = bench.halves(facts[0])
+    assert parts["tune"] == facts[0][0::2] and parts["test"] == facts[0][1::2]
+
+    own = {1: {"tune": 1.0, "test": 0.8}, 2: {"tune": 1.0, "test": 1.0}, 3: {"tune": 1.0, "test": 1.0}}
+    final = {1: {"tune": 0.5, "test": 0.8}, 2: {"tune": 1.0, "test": 0.5}, 3: {"tune": 0.75, "test": 1.0}}
+    continued = [{"entry": {"train_examples": 10, "epochs": 4, "replayed_examples": 4}, "seconds": 2.0, "added_mb": 5},
+                 {"entry": {"train_examples": 10, "epochs": 4, "replayed_examples": 0}, "seconds": 4.0, "added_mb": 9}]
+    run = bench.summarise_order([1, 2, 3], own, final, continued)
+    assert run["first_kept_test"] == 1.0 and run["second_kept_test"] == 0.5 and run["last_recall_tune"] == 0.75
+    assert run["exposures"] == [0.1, 0.0] and run["seconds_per_session"] == 3.0 and run["added_mb"] == 9
+
+    def summary(kept, kept_min, exposures=0.1, last=1.0, seconds=10.0):
+        stat = lambda mean, low: {"mean": mean, "min": low}  # noqa: E731
+        return {"first_kept": stat(kept, kept_min), "second_kept": stat(kept, kept_min),
+                "last_recall": stat(last, last), "seconds_per_session": stat(seconds, seconds),
+                "exposures_max": exposures}
+
+    reference = summary(0.0, 0.0, exposures=0.0, last=1.0, seconds=10.0)
+    assert bench.meets_goal(summary(0.92, 0.86), reference)
+    assert not bench.meets_goal(summary(0.92, 0.80), reference)  # one seed under 0.85
+    assert not bench.meets_goal(summary(0.95, 0.9, exposures=0.11), reference)  # over the replay budget
+    assert not bench.meets_goal(summary(0.95, 0.9, last=0.9), reference)  # new answers 10 points lower
+    assert not bench.meets_goal(summary(0.95, 0.9, seconds=16.0), reference)  # over 1.5x the session time
+
+
+@pytest.mark.slow
+def test_forgetting_benchmark_smallest_form_writes_its_figures(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "forgetting.json"
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "forgetting.py"), "--quick", "--size", "tiny",
+                           "--facts", "4", "--epochs", "2", "--pretrain-records", "5", "--pretrain-epochs", "1",
+                           "--vocab-size", "400", "--arms", "no-replay", "defaults", "--json-out", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert set(report["summaries"]) == {"tune", "test"}
+    assert set(report["summaries"]["test"]) == {"no-replay", "defaults"}
+    for summary in report["summaries"]["test"].values():
+        assert {"first_kept", "second_kept", "last_recall", "general_ppl", "seconds_per_session", "added_mb",
+                "exposures_max", "meets_goal"} <= set(summary)
+    [plain] = report["runs"]["no-replay"]
+    assert plain["order"] == [1, 2, 3] and plain["exposures"] == [0.0, 0.0]
+    assert report["runs"]["defaults"][0]["exposures"][-1] > 0  # the defaults replay
+    assert "Test half:" in done.stdout
