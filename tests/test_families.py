@@ -26,6 +26,7 @@ from conftest import QA_PAIRS, REPO, write_qa
 from model_families import save_base
 
 from mtn_sails import api, store
+from mtn_sails.cli import main
 from mtn_sails.history import load_history
 
 pytestmark = pytest.mark.slow
@@ -189,6 +190,8 @@ def test_special_tokens_follow_the_family(family_run):
     assert generation_eos == tokenizer.eos_token_id
     if family_run.name == "llama":  # the tokenizer adds a BOS: every prompt starts with exactly one
         assert template.kind == "plain" and prompt[0] == bos and prompt.count(bos) == 1
+        raw = api.generate(QUESTION, raw=True, onnx_output=str(family_run.onnx), max_new_tokens=1)
+        assert raw.prompt_tokens == len(tokenizer.encode(QUESTION)) + 1  # --raw too
     elif family_run.name == "qwen2":  # the instruct tokenizer's chat template, turns ending in <|im_end|>
         from transformers import AutoTokenizer
 
@@ -211,3 +214,5 @@ def test_generate_offers_tools_through_the_models_template(family_run, tmp_path)
     prompt = PromptTemplate.load(family_run.onnx).prompt(QUESTION, tools=[tool])
     assert json.dumps(tool) in prompt
     assert result.prompt_tokens == len(load_tokenizer(family_run.onnx, "--onnx-output").encode(prompt))
+    assert main(["generate", "--prompt", QUESTION, "--onnx-output", str(family_run.onnx), "--tools", str(tools_file),
+                 "--raw"]) == 2  # the tools go through the template
