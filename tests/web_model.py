@@ -26,7 +26,7 @@ LEARNING_RATE = 5e-3
 def _base(root: Path, family: str, instruct: bool):
     """(model, tokenizer, template) to train: the scratch GPT-2, or a tiny model of another family
     (tests/model_families.py) with the template and eos a session would settle for it."""
-    from mtn_sails.template import PromptTemplate
+    from mtn_sails.template import PromptTemplate, align_eos, bos_text, chat_template_of
 
     if family == "gpt2":
         from mtn_sails.scratch import build_scratch_model
@@ -36,7 +36,6 @@ def _base(root: Path, family: str, instruct: bool):
         return model, tokenizer, PromptTemplate()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from mtn_sails.chat_template import align_eos, bos_text, chat_template_of
     from model_families import save_base
 
     base = save_base(family, root / "base", instruct=instruct)
