@@ -381,9 +381,9 @@ def meets_goal(summary: dict, reference: dict) -> bool:
 def run(args) -> dict:
     """Every seed's base, then every arm's runs; the summaries on the tuning and the test half."""
     work = Path(args.work_dir)
-    arms = [a for a in BASELINES if a.name in args.arms] if args.arms else list(BASELINES)
+    arms = [a for a in BASELINES + LEVERS if a.name in args.arms] if args.arms else list(BASELINES)
     if args.levers:
-        arms += LEVERS
+        arms += [a for a in LEVERS if a not in arms]
     runs: dict[str, list[dict]] = {arm.name: [] for arm in arms}
     bases = {}
     for seed in args.seeds:
@@ -436,11 +436,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      epilog=__doc__.split("\n\n", 1)[1].split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--facts", type=int, default=16, help="facts per session, half tuning, half test")
+    parser.add_argument("--facts", type=int, default=20,
+                        help="facts per session, half tuning, half test (20: 2 replayed per epoch at 0.1)")
     parser.add_argument("--epochs", type=float, default=80.0, help="epochs of every fact session")
     parser.add_argument("--learning-rate", type=float, default=2e-3, help="rate of every fact session")
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
-    parser.add_argument("--arms", nargs="*", help="baseline arms to run (default: all)")
+    parser.add_argument("--arms", nargs="*", help="arms to run, by name (default: every baseline)")
     parser.add_argument("--levers", action="store_true", help="also every lever and combination")
     parser.add_argument("--reversed", action=argparse.BooleanOptionalAction, default=True,
                         help="run the headline arms in order 3, 2, 1 too")

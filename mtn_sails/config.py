@@ -82,15 +82,15 @@ class TrainConfig:
     eval_split: float = option("fraction of records held out for evaluation (0 disables)", default=0.1)
     seed: int = option("random seed for the split, shuffling and initialisation", default=42)
     replay: float = option("stored examples of earlier sessions replayed per new example (0.1: one for every "
-                           "ten; 0 disables); see CONTINUOUS_TRAINING.md, 'Keeping what was learned'", default=1.0)
+                           "ten; 0 disables); see CONTINUOUS_TRAINING.md, 'Keeping what was learned'", default=0.1)
     replay_select: str = option("which stored examples are replayed: uniform (an equal share from each earlier "
                                 "session) or targeted (mostly those the model answers worst, scored at each "
-                                "epoch start)", default="uniform", choices=REPLAY_SELECTIONS)
+                                "epoch start)", default="targeted", choices=REPLAY_SELECTIONS)
     replay_draw: str = option("epoch: the replayed examples are drawn afresh every epoch (same budget, other "
-                              "records); session: drawn once and repeated", default="session", choices=REPLAY_DRAWS)
+                              "records); session: drawn once and repeated", default="epoch", choices=REPLAY_DRAWS)
     distill_weight: float = option("weight of a term keeping the replayed answers' token distributions close to "
                                    "the model the session started from (distillation; 0 disables; holds a frozen "
-                                   "copy of the start model in memory)", default=0.0)
+                                   "copy of the start model in memory)", default=1.0)
     distill_on: str = option("where distillation applies: answers (the replayed examples' answer tokens), "
                              "replayed (every token of the replayed examples), or all (and the new examples' "
                              "prompt tokens)", default="replayed", choices=DISTILL_POSITIONS)

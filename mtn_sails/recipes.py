@@ -305,8 +305,10 @@ def train_session(config: TrainConfig, plan: TrainingPlan, data: SessionData, st
     tokens = tokenize(data.train_rows, data.held_out_rows, start.tokenizer, template, start.max_length)
     for note in tokens.notes:
         say(note)
+    # On resume the model holds the checkpoint's weights; distillation and interpolation need the session's start.
+    load_start = (lambda: load_start_model(plan, config, [], template)[0]) if checkpoint and plan.continues else None
     kit = prepare_retention(config, start.model, start.tokenizer, template, data.replay_pool, len(tokens.train),
-                            start.max_length)
+                            start.max_length, load_start)
     examples = len(tokens.train) + kit.per_epoch
     tokens.train = with_replay(tokens.train, kit.pool_examples)
     steps = optimizer_steps(examples, config.batch_size, processes.world_size,

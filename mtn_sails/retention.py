@@ -264,9 +264,10 @@ class SessionRetention:
 
 
 def prepare_retention(config, model, tokenizer, template, pool: dict[int, list], new_count: int,
-                      max_length: int) -> SessionRetention:
+                      max_length: int, load_start: Callable[[], Any] | None = None) -> SessionRetention:
     """Tokenise the replay pool and set up the sampler, the frozen layers and the start-model copy
-    (`config` is the session's TrainConfig; `pool` maps earlier session numbers to stored records)."""
+    (`config` is the session's TrainConfig; `pool` maps earlier session numbers to stored records;
+    `load_start` gives the session's start model when `model` is not it, as on --resume)."""
     import copy
 
     from .tokenized import tokenize_records
@@ -283,11 +284,14 @@ def prepare_retention(config, model, tokenizer, template, pool: dict[int, list],
 
     plan = ReplayPlan(config.replay, config.replay_select, config.replay_draw, config.seed)
     sampler = make_sampler(plan, new_count, sessions, score) if examples else None
-    teacher = None
-    if config.distill_weight > 0 and (sampler is not None or config.distill_on == "all"):
-        teacher = copy.deepcopy(model).eval().requires_grad_(False)
+    distilling = config.distill_weight > 0 and (sampler is not None or config.distill_on == "all")
     interpolating = config.interpolation_weight() != 1.0
-    start_weights = weights_copy(teacher if teacher is not None else model) if interpolating else None
+    start = None
+    if distilling or interpolating:
+        start = load_start() if load_start is not None else copy.deepcopy(model)
+        start.eval().requires_grad_(False)
+    start_weights = weights_copy(start) if interpolating else None
+    teacher = start if distilling else None
     return SessionRetention(examples if sampler else [], Retention(sampler, teacher, config.distill_weight,
                                                                    config.distill_on),
                             start_weights, frozen, sampler.per_epoch if sampler else 0)
