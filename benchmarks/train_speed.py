@@ -2,7 +2,7 @@
 
     python benchmarks/train_speed.py                        # distilgpt2 shape, 28 + 10 steps per arm (CPU: ~40 min)
     python benchmarks/train_speed.py --quick                # small shape (4x256), 8 steps per arm (~3 min)
-    python benchmarks/train_speed.py --phases pairs --rounds 3 --round-records 80 --no-levers --no-startup \
+    python benchmarks/train_speed.py --phases pairs --rounds 3 --round-batches 5 --no-levers --no-startup \
         --no-overheads --json-out benchmarks/results/train_speed.json   # the headline: median of 3 rounds
 
 Arms, all fp32 on CPU, same batch size, same --max-length, same number of optimizer steps, each a fresh
@@ -13,10 +13,15 @@ trained here by `mtn_sails.scratch.train_tokenizer` on both data files (`--token
 vocabulary --vocab-size; the size reached is reported, it sets the LM head's FLOPs).
 
 With `--rounds R` each comparison runs R times, the arms taking turns step by step in every round and
-the arm that starts alternating between rounds; with `--round-records N` each round trains every arm
-for one epoch on the same N records drawn at random from the training split (seed + round), so the
-rounds sample the file's length mix instead of repeating its first batches. The headline is the median
-round (ratio and tokens/s), the best round beside it; the load average is recorded at each round's ends.
+the arm that starts alternating between rounds. With `--round-batches K` a pairs round is K batches
+that mtn_sails itself forms: its length-grouped order over the whole training split (transformers'
+`get_length_grouped_indices`, seed + round), K batches evenly spaced through the first mega-batch (a
+random draw of 224 records sorted by length, 28 batches), fed in that order; the tutorial arm trains
+on the same K x batch records, in random batches padded to max_length. So a round of a few steps
+samples the length mix of a whole mega-batch, as the product batches it, instead of its longest
+batches only (the first steps of an epoch) or a small file's (a subset of the records would get
+smaller mega-batches and group worse). The headline is the median round (ratio and tokens/s), the
+best round beside it; the load average is recorded at each round's ends.
 
   pairs/plain  tests/data/alpaca_en_demo.json rendered with the product's template, tokenised with
                padding="max_length", truncation=True, max_length=512; DataCollatorForLanguageModeling(mlm=False);
@@ -197,6 +202,7 @@ class ArmStats:
     compute_s: float = 0.0  # on_step_begin -> on_step_end: forward, backward, optimizer
     optimizer_s: float = 0.0  # on_pre_optimizer_step -> on_optimizer_step (clipping is before it)
     collate_s: float = 0.0
+    sequential: bool = False  # feed the dataset in its order (batches chosen by grouped_batches)
     trainer_init_s: float = 0.0
     train_call_to_first_step_s: float | None = None
     train_runtime: float | None = None
@@ -270,6 +276,13 @@ def _instrumented_trainer_class(Trainer):
             stats.real_tokens += real
             stats.padded_tokens += input_ids.numel()
             stats.seq_weighted += real * input_ids.shape[1]
+
+        def _get_train_sampler(self, train_dataset=None):
+            if _current.stats.sequential:
+                from torch.utils.data import SequentialSampler
+
+                return SequentialSampler(train_dataset if train_dataset is not None else self.train_dataset)
+            return super()._get_train_sampler(train_dataset)
 
         def train(self, *args, **kwargs):
             _current.stats._train_called = time.perf_counter()
@@ -380,13 +393,15 @@ def plain_arm(setup: Setup, rows, name: str) -> tuple[ArmStats, Callable[[], Any
     return stats, train
 
 
-def sails_arm(setup: Setup, rows, name: str, steps: int, lever: str = "") -> tuple[ArmStats, Callable[[], Any]]:
-    """mtn_sails's path: `tokenize` + `run_training` (eval and checkpoints off: timed apart)."""
+def sails_arm(setup: Setup, rows, name: str, steps: int, lever: str = "",
+              sequential: bool = False) -> tuple[ArmStats, Callable[[], Any]]:
+    """mtn_sails's path: `tokenize` + `run_training` (eval and checkpoints off: timed apart); `sequential`:
+    the rows are already in the batches the product's sampler formed (grouped_batches)."""
     from mtn_sails import trainer as sails_trainer
     from mtn_sails.tokenized import tokenize
     from mtn_sails.trainer import TrainSettings, run_training
 
-    stats = ArmStats(name)
+    stats = ArmStats(name, sequential=sequential)
     started = time.perf_counter()
     args = setup.args
     data = tokenize(rows, None, setup.tokenizer, setup.template, args.max_length)
@@ -397,7 +412,7 @@ def sails_arm(setup: Setup, rows, name: str, steps: int, lever: str = "") -> tup
                              gradient_accumulation_steps=1, seed=args.seed,
                              checkpoint_dir=setup.work / name.replace("/", "-").replace("+", "-"),
                              save_steps=NO_CHECKPOINTS, device="cpu",
-                             precision="bf16" if lever == "bf16" else "auto")
+                             precision="bf16" if lever == "bf16" else "auto", group_by_length=not sequential)
     config = copy.deepcopy(setup.model.config)
     if lever != "unfused":
         sails_trainer.use_fused_activation(config)  # what recipes.load_start_model does to a loaded config
@@ -617,14 +632,21 @@ def build_setup(args, work: Path) -> tuple[Setup, dict, dict]:
     return Setup(args, tokenizer, model, template, work), rows, {"model": model_info, "flops_shape": flops_shape}
 
 
-def round_rows(rows, records: int, seed: int):
-    """The records one round trains on: `records` of them drawn with `seed`, or all when records is 0."""
-    if not records or records >= len(rows):
-        return rows
-    return rows.shuffle(seed=seed).select(range(records))
+def grouped_batches(lengths: list[int], batch_size: int, batches: int, seed: int) -> list[int]:
+    """Record indices of `batches` batches evenly spaced through the first mega-batch of the length-grouped
+    order the Trainer's sampler makes (group_by_length), batch after batch."""
+    import torch
+    from transformers.trainer_pt_utils import get_length_grouped_indices
+
+    order = get_length_grouped_indices(lengths, batch_size, generator=torch.Generator().manual_seed(seed))
+    mega = max(1, min(len(lengths) // (batch_size * 4), 50)) * batch_size  # the function's own default
+    first = [order[i:i + batch_size] for i in range(0, min(mega, len(order)), batch_size)]
+    picks = sorted({round(k * (len(first) - 1) / max(1, batches - 1)) for k in range(batches)})
+    return [index for pick in picks for index in first[pick]]
 
 
-def phase_arms(setup: Setup, args, phase: str, train_rows, steps: int) -> dict[str, tuple[ArmStats, Callable]]:
+def phase_arms(setup: Setup, args, phase: str, train_rows, steps: int,
+               sequential: bool = False) -> dict[str, tuple[ArmStats, Callable]]:
     """The arms of one comparison: the tutorial recipe and mtn_sails's path, or the levers on the same batches."""
     setup.args = argparse.Namespace(**{**vars(args), "steps": steps})
     if phase == "levers":  # every arm sees the same batches (same seed): a paired comparison
@@ -633,7 +655,7 @@ def phase_arms(setup: Setup, args, phase: str, train_rows, steps: int) -> dict[s
             arms[f"{phase}/sails+{lever}"] = sails_arm(setup, train_rows, f"{phase}/sails+{lever}", steps, lever)
         return arms
     return {f"{phase}/plain": plain_arm(setup, train_rows, f"{phase}/plain"),
-            f"{phase}/sails": sails_arm(setup, train_rows, f"{phase}/sails", steps)}
+            f"{phase}/sails": sails_arm(setup, train_rows, f"{phase}/sails", steps, sequential=sequential)}
 
 
 def pairs_overheads(setup: Setup, args, rows, results, arms) -> dict | None:
@@ -718,11 +740,18 @@ def run(args) -> dict:
         rounds: list[dict[str, Any]] = []  # per phase and round: its arms' stats and the load average
         info["nominal_peak"] = report["nominal_peak"] = nominal_peak()
         for phase, kind, steps in phases:
+            sampled = phase == "pairs" and args.round_batches
+            if sampled:  # the lengths the product's sampler groups by
+                from mtn_sails.tokenized import tokenize
+
+                lengths = tokenize(rows[kind][0], None, setup.tokenizer, setup.template, args.max_length).train["length"]
+                steps = args.round_batches
             for round_index in range(1 if phase == "levers" else args.rounds):
-                train_rows = round_rows(rows[kind][0], args.round_records, args.seed + round_index)
-                if args.round_records:  # one epoch of the round's records for every arm
-                    steps = -(-len(train_rows) // args.batch_size)
-                arms = phase_arms(setup, args, phase, train_rows, steps)
+                train_rows = rows[kind][0]
+                if sampled:
+                    train_rows = train_rows.select(grouped_batches(lengths, args.batch_size, args.round_batches,
+                                                                   args.seed + round_index))
+                arms = phase_arms(setup, args, phase, train_rows, steps, sequential=bool(sampled))
                 if round_index % 2:  # the other arm takes the first turn
                     arms = dict(reversed(arms.items()))
                 print(f"[train_speed] {phase} round {round_index + 1}/{args.rounds}: {', '.join(arms)} in lockstep, "
@@ -816,8 +845,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vocab-size", type=int, default=16000, help="target vocabulary of --tokenizer trained")
     parser.add_argument("--rounds", type=int, default=1,
                         help="run each comparison this many times, alternating the arm that starts (default 1)")
-    parser.add_argument("--round-records", type=int, default=0,
-                        help="each round: one epoch on this many records drawn at random (0: --steps on all)")
+    parser.add_argument("--round-batches", type=int, default=0,
+                        help="pairs rounds: this many of the product's length-grouped batches, evenly spaced "
+                             "through a mega-batch (0: --steps on the whole split)")
     parser.add_argument("--limit-records", type=int, default=0, help="use the first N records of each file (0: all)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--levers", action=argparse.BooleanOptionalAction, default=None,
