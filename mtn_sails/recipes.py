@@ -311,6 +311,9 @@ def train_session(config: TrainConfig, plan: TrainingPlan, data: SessionData, st
                             start.max_length, load_start)
     examples = len(tokens.train) + kit.per_epoch
     tokens.train = with_replay(tokens.train, kit.pool_examples)
+    if kit.training.sampler is not None and not tokens.packed:
+        kit.training.sampler.group_by_length(tokens.train["length"],
+                                             config.batch_size * config.gradient_accumulation_steps)
     steps = optimizer_steps(examples, config.batch_size, processes.world_size,
                             config.gradient_accumulation_steps, config.epochs)
     say(f"🚀 Training on {len(data.train_rows)} records"

@@ -78,6 +78,12 @@ class ReplaySampler:
         self.new_count, self.per_epoch, self.choose, self.seed = new_count, per_epoch, choose, seed
         self.epoch = 0
         self.drawn: list[list[int]] = []  # pool positions replayed in each epoch, in order
+        self.lengths: Sequence[int] | None = None  # per dataset position, to batch similar lengths together
+        self.batch_size = 1
+
+    def group_by_length(self, lengths: Sequence[int], batch_size: int) -> None:
+        """Order each epoch as the Trainer's length-grouped sampler does (less padding), still shuffled."""
+        self.lengths, self.batch_size = lengths, batch_size
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -93,7 +99,14 @@ class ReplaySampler:
         order = list(range(self.new_count)) + [self.new_count + position for position in chosen]
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         self.epoch += 1  # for loaders that never call set_epoch
-        return iter([order[i] for i in torch.randperm(len(order), generator=generator).tolist()])
+        if self.lengths is not None:
+            from transformers.trainer_pt_utils import get_length_grouped_indices
+
+            shuffled = get_length_grouped_indices([self.lengths[i] for i in order], self.batch_size,
+                                                  generator=generator)
+        else:
+            shuffled = torch.randperm(len(order), generator=generator).tolist()
+        return iter([order[i] for i in shuffled])
 
 
 @dataclass(frozen=True)

@@ -90,6 +90,19 @@ def test_sampler_visits_every_new_example_each_epoch_and_redraws_the_replay():
     assert list(again) == epochs[1]  # reproducible per epoch (what --resume relies on)
     assert make_sampler(ReplayPlan(0.25, "uniform", "epoch", 3), 16, [], score=None) is None
 
+    plan, pool = ReplayPlan(0.25, "uniform", "epoch", seed=3), [1] * 100
+    lengths = [random.Random(i).randrange(5, 500) for i in range(400 + 100)]
+    grouped, plain = make_sampler(plan, 400, pool, score=None), make_sampler(plan, 400, pool, score=None)
+    grouped.group_by_length(lengths, batch_size=4)
+    order = list(grouped)
+    assert sorted(i for i in order if i < 400) == list(range(400)) and len(order) == 500
+
+    def padding(indices: list[int]) -> int:
+        batches = [[lengths[i] for i in indices[k:k + 4]] for k in range(0, len(indices), 4)]
+        return sum(len(b) * max(b) - sum(b) for b in batches)
+
+    assert padding(order) < padding(list(plain)) / 2  # similar lengths batched together
+
 
 def test_targeted_replay_draws_the_records_the_model_gets_wrong(half_known):
     from mtn_sails.tokenized import tokenize_records
