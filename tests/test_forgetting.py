@@ -157,16 +157,19 @@ def test_benchmark_splits_facts_and_judges_the_goal_as_the_issue_states():
 
     own = {1: {"tune": 1.0, "test": 0.8}, 2: {"tune": 1.0, "test": 1.0}, 3: {"tune": 1.0, "test": 1.0}}
     final = {1: {"tune": 0.5, "test": 0.8}, 2: {"tune": 1.0, "test": 0.5}, 3: {"tune": 0.75, "test": 1.0}}
-    continued = [{"entry": {"train_examples": 10, "epochs": 4, "replayed_examples": 4}, "seconds": 2.0, "added_mb": 5},
-                 {"entry": {"train_examples": 10, "epochs": 4, "replayed_examples": 0}, "seconds": 4.0, "added_mb": 9}]
+    continued = [{"entry": {"train_examples": 10, "epochs": 4, "replayed_examples": 4}, "seconds": 2.0,
+                  "cpu_seconds": 1.0, "added_mb": 5},
+                 {"entry": {"train_examples": 10, "epochs": 4, "replayed_examples": 0}, "seconds": 4.0,
+                  "cpu_seconds": 3.0, "added_mb": 9}]
     run = bench.summarise_order([1, 2, 3], own, final, continued)
     assert run["first_kept_test"] == 1.0 and run["second_kept_test"] == 0.5 and run["last_recall_tune"] == 0.75
     assert run["exposures"] == [0.1, 0.0] and run["seconds_per_session"] == 3.0 and run["added_mb"] == 9
+    assert run["cpu_seconds_per_session"] == 2.0
 
     def summary(kept, kept_min, exposures=0.1, last=1.0, seconds=10.0):
         stat = lambda mean, low: {"mean": mean, "min": low}  # noqa: E731
         return {"first_kept": stat(kept, kept_min), "second_kept": stat(kept, kept_min),
-                "last_recall": stat(last, last), "seconds_per_session": stat(seconds, seconds),
+                "last_recall": stat(last, last), "cpu_seconds_per_session": stat(seconds, seconds),
                 "exposures_max": exposures}
 
     reference = summary(0.0, 0.0, exposures=0.0, last=1.0, seconds=10.0)
@@ -193,7 +196,8 @@ def test_forgetting_benchmark_smallest_form_writes_its_figures(tmp_path):
     assert set(report["summaries"]) == {"tune", "test"}
     assert set(report["summaries"]["test"]) == {"no-replay", "defaults"}
     for summary in report["summaries"]["test"].values():
-        assert {"first_kept", "second_kept", "last_recall", "general_ppl", "seconds_per_session", "added_mb",
+        assert {"first_kept", "second_kept", "last_recall", "general_ppl", "seconds_per_session",
+                "cpu_seconds_per_session", "added_mb",
                 "exposures_max", "meets_goal"} <= set(summary)
     [plain] = report["runs"]["no-replay"]
     assert plain["order"] == [1, 2, 3] and plain["exposures"] == [0.0, 0.0]
