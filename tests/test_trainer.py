@@ -183,3 +183,19 @@ def test_precision_on_the_cpu_is_fp32_unless_bf16_is_asked_for_and_fp16_is_refus
     assert precision_for("cpu", "bf16") == "bf16"
     with pytest.raises(InputError, match="fp16 needs a CUDA device"):
         precision_for("cpu", "fp16")
+
+
+def test_replay_pool_rows_follow_the_new_ones_and_are_marked():
+    from datasets import Dataset
+
+    from mtn_sails.tokenized import REPLAYED, TOKEN_FEATURES, with_replay
+
+    new = Dataset.from_dict({"input_ids": [[1, 2, 3], [4, 5]], "labels": [[1, 2, 3], [4, 5]], "length": [3, 2]},
+                            features=TOKEN_FEATURES)
+    assert with_replay(new, []) is new  # nothing to replay: the session's data as it is
+    data = with_replay(new, [{"input_ids": [7, 8], "labels": [IGNORE_INDEX, 8]}])
+    assert data[REPLAYED] == [0, 0, 1] and data["length"] == [3, 2, 2]
+    assert data[2]["labels"] == [IGNORE_INDEX, 8]
+    batch = PaddingCollator(pad_token_id=9)([data[0], data[2]])
+    assert batch[REPLAYED].tolist() == [0, 1]  # carried to the loss, which distils on the replayed rows
+    assert batch["input_ids"].tolist() == [[1, 2, 3], [7, 8, 9]]
