@@ -76,7 +76,9 @@ def lost_answers(rows: list[ForgettingRow], threshold: float = KEEP_THRESHOLD) -
     return [row for row in rows if row.kept is not None and row.kept < threshold]
 
 
-def retention_advice() -> str:
-    """What to change so that a later session keeps more of the earlier answers."""
-    return ("replay more of the earlier sessions (--replay) to keep them; "
+def retention_advice(replay: float, distill_weight: float) -> str:
+    """What to change so that a later session keeps more of the earlier answers than this one did."""
+    more_replay = max(round(2 * replay, 3), 0.1)
+    distill = "" if distill_weight else " with --distill-weight 1"
+    return (f"train it with --replay {more_replay:g}{distill} to keep more of them (this session: --replay {replay:g}); "
             "CONTINUOUS_TRAINING.md, 'Keeping what was learned'")

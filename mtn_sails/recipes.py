@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from . import __version__, store
-from .config import DEFAULT_ONNX_OUTPUT, KEEP_THRESHOLD, SCRATCH_MODEL_NAME, PipelineConfig, TrainConfig
+from .config import DEFAULT_ONNX_OUTPUT, SCRATCH_MODEL_NAME, PipelineConfig, TrainConfig
 from .console import say
 from .data import Record, check_data_path, file_sha256
 from .detector import TrainingPlan, plan_training
@@ -249,7 +249,7 @@ def _run_session(config: TrainConfig, plan: TrainingPlan, rows, data_sha256: str
     backup = commit_session(staging, output_dir, config, plan, data, history + [record], template, onnx_output)
     shutil.rmtree(work, ignore_errors=True)
     result = SessionResult(output_dir, plan, record, backup)
-    report_session(result, config.keep_threshold)
+    report_session(result, config)
     return result
 
 
@@ -428,7 +428,7 @@ def commit_session(staging: Path, output_dir: Path, config: TrainConfig, plan: T
     return backup
 
 
-def report_session(result: SessionResult, keep_threshold: float = KEEP_THRESHOLD) -> None:
+def report_session(result: SessionResult, config: TrainConfig) -> None:
     """The end-of-session summary: metrics, forgetting table, lost answers, where things are."""
     session = result.session
     say(f"✅ Session {session.session} saved to {result.output_dir} ({session_metrics(session)}, "
@@ -438,9 +438,10 @@ def report_session(result: SessionResult, keep_threshold: float = KEEP_THRESHOLD
         say(f"📊 Forgetting ({forgetting_measures(session)} of earlier sessions, then -> now):")
         for row in rows:
             say(row)
-    for row in lost_answers(session.forgetting, keep_threshold):
+    for row in lost_answers(session.forgetting, config.keep_threshold):
         say(f"⚠️  Session {row.session} lost answers: recall {row.recall_before:.2f} -> {row.recall_after:.2f} "
-            f"(keeps {row.kept:.0%}, under {keep_threshold:.0%}); {retention_advice()}")
+            f"(keeps {row.kept:.0%}, under {config.keep_threshold:.0%}); "
+            f"{retention_advice(config.replay, config.distill_weight)}")
     if result.backup_dir is not None:
         say(f"💾 The previous contents of {result.output_dir} were kept at {result.backup_dir}")
 

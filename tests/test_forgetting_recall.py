@@ -78,7 +78,8 @@ def test_a_session_that_loses_earlier_answers_says_which_and_what_would_keep_the
     [row] = load_history(output)[1].forgetting
     assert row.kept < 0.9
     warning = next(line for line in printed.splitlines() if line.startswith("⚠️  Session 1 lost answers"))
-    assert f"recall {row.recall_before:.2f} -> {row.recall_after:.2f}" in warning and "--replay" in warning
+    assert f"recall {row.recall_before:.2f} -> {row.recall_after:.2f}" in warning
+    assert "train it with --replay 0.1 to keep more of them (this session: --replay 0)" in warning
     assert "📊 Forgetting (answer recall and held-out perplexity of earlier sessions, then -> now):" in printed
 
 
