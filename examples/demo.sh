@@ -16,10 +16,14 @@ step "$PY" main.py validate --data-file examples/programming_basics.json
 # A model built from scratch needs many passes over ~70 answers to learn them (a pretrained base needs 2-3).
 step "$PY" main.py pipeline --data-file examples/programming_basics.json --model-name scratch --epochs 40 \
   --output-dir "$MODEL" --onnx-output "$ONNX"
-step "$PY" main.py pipeline --data-file examples/web_development.json --epochs 15 \
+step "$PY" main.py pipeline --data-file examples/web_development.json --epochs 30 \
   --output-dir "$MODEL" --onnx-output "$ONNX"
-step "$PY" main.py pipeline --data-file examples/databases.json --epochs 15 \
+step "$PY" main.py pipeline --data-file examples/databases.json --epochs 30 \
   --output-dir "$MODEL" --onnx-output "$ONNX"
+# The history's recall column and forgetting rows: how many of each session's answers the model still gives.
 step "$PY" main.py history --output-dir "$MODEL"
-step "$PY" main.py generate --onnx-output "$ONNX" --prompt "How does an index speed up a query?" --max-new-tokens 48
-step "$PY" main.py generate --onnx-output "$ONNX" --prompt "What is a variable in programming?" --max-new-tokens 48
+# One question from each session. The offline scratch model knows only what it was trained on.
+for question in "What is a variable in programming?" "Should a form that places an order use GET or POST?" \
+    "What is a primary key?"; do
+  step "$PY" main.py generate --onnx-output "$ONNX" --prompt "$question" --max-new-tokens 64
+done
