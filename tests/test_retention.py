@@ -46,6 +46,19 @@ def half_known(tiny_model_dir, tmp_path_factory):
             records)
 
 
+def spy_on(monkeypatch, module, name: str) -> list:
+    """What every call of module.name returns, in order (the function still runs)."""
+    returned: list = []
+    function = getattr(module, name)
+
+    def spy(*args, **kwargs):
+        returned.append(function(*args, **kwargs))
+        return returned[-1]
+
+    monkeypatch.setattr(module, name, spy)
+    return returned
+
+
 def test_replay_budget_is_a_ceiling_of_the_ratio():
     assert replay_count(24, 0.1, pool_size=48) == 2  # 2.4 rounded down: never over the exposure budget
     assert replay_count(30, 0.1, pool_size=48) == 3
@@ -233,15 +246,7 @@ def test_a_session_applies_and_returns_its_interpolation_weight(tiny_model_dir, 
 
     from mtn_sails import recipes
 
-    outcomes = []
-    train_session = recipes.train_session
-
-    def keep(*args, **kwargs):
-        trainer, outcome = train_session(*args, **kwargs)
-        outcomes.append(outcome)
-        return trainer, outcome
-
-    monkeypatch.setattr(recipes, "train_session", keep)
+    outcomes_seen = spy_on(monkeypatch, recipes, "train_session")
     plain, interpolated = tmp_path / "plain", tmp_path / "interpolated"
     shutil.copytree(tiny_model_dir, plain)
     shutil.copytree(tiny_model_dir, interpolated)
@@ -249,6 +254,7 @@ def test_a_session_applies_and_returns_its_interpolation_weight(tiny_model_dir, 
     settings = dict(data_file=str(qa_file), epochs=1, learning_rate=1e-2, device="cpu")
     quiet_train(output_dir=str(plain), **settings)
     quiet_train(output_dir=str(interpolated), interpolate="0.25", **settings)
+    outcomes = [outcome for _, outcome in outcomes_seen]
     assert [outcome.interpolation_alpha for outcome in outcomes] == [None, 0.25]  # the history records it
     trained, quarter = tensors(plain), tensors(interpolated)
     for name in start:
@@ -259,21 +265,14 @@ def test_a_session_applies_and_returns_its_interpolation_weight(tiny_model_dir, 
 def test_learning_rate_rewarms_and_decays_with_the_chosen_schedule(tiny_model_copy, qa_file, monkeypatch):
     import mtn_sails.trainer as trainer_module
 
-    trainers = []
-    run_training = trainer_module.run_training
-
-    def keep(*args, **kwargs):
-        trainer, outcome = run_training(*args, **kwargs)
-        trainers.append(trainer)
-        return trainer, outcome
-
-    monkeypatch.setattr(trainer_module, "run_training", keep)
+    returned = spy_on(monkeypatch, trainer_module, "run_training")
     quiet_train(data_file=str(qa_file), output_dir=str(tiny_model_copy), epochs=4, learning_rate=1e-3,
                 lr_schedule="cosine", warmup_ratio=0.25, batch_size=3)
-    rates = [log["learning_rate"] for log in trainers[0].state.log_history if "learning_rate" in log]
+    trainer = returned[0][0]
+    rates = [log["learning_rate"] for log in trainer.state.log_history if "learning_rate" in log]
     assert len(rates) == 4  # one log per epoch
     assert rates[0] < max(rates) and rates[-1] < max(rates)  # warmed up again, then decayed
-    assert trainers[0].args.lr_scheduler_type == "cosine"
+    assert trainer.args.lr_scheduler_type == "cosine"
 
 
 def test_kill_during_interpolation_leaves_the_previous_model(tiny_model_copy, tmp_path):
