@@ -266,11 +266,21 @@ def choose_alpha(trials: Sequence[AlphaTrial], tolerance: float = NEW_RECALL_TOL
 
 
 @dataclass
+class Retention:
+    """What a session does during training to keep earlier sessions' answers (the Trainer's view)."""
+
+    sampler: Any = None  # a ReplaySampler over the new examples and the replay pool, or None
+    teacher: Any = None  # the frozen start model, for distillation
+    distill_weight: float = 0.0
+    distill_on: str = "replayed"  # distillation_positions: answers | replayed | all
+
+
+@dataclass
 class SessionRetention:
     """The retention levers of one session, ready for the Trainer."""
 
     pool_examples: list[dict[str, list[int]]]  # tokenised stored records of earlier sessions
-    training: Any  # trainer.Retention: sampler, teacher, distillation weight
+    training: Retention  # sampler, teacher, distillation weight
     start_weights: dict[str, Any] | None  # for interpolation after training
     frozen: list[str]  # frozen parameter names
     per_epoch: int  # pool examples replayed each epoch
@@ -284,7 +294,6 @@ def prepare_retention(config, model, tokenizer, template, pool: dict[int, list],
     import copy
 
     from .tokenized import tokenize_records
-    from .trainer import Retention
 
     frozen = freeze_bottom(model, config.freeze_layers) if config.freeze_layers else []
     sessions = [number for number in sorted(pool) for _ in pool[number]]

@@ -19,6 +19,7 @@ from .config import FP16_NEEDS_CUDA
 from .console import say
 from .data import Record
 from .errors import InputError
+from .retention import Retention, distillation_loss, distillation_positions
 from .template import PromptTemplate
 from .tokenized import IGNORE_INDEX, REPLAYED, TokenizedData, tokenize_records
 
@@ -185,16 +186,6 @@ class EpochReport(TrainerCallback):
             say(f"   epoch {epoch:.2f}: eval loss {logs['eval_loss']:.4f}")
 
 
-@dataclass
-class Retention:
-    """What a session does during training to keep earlier sessions' answers (retention.py builds it)."""
-
-    sampler: Any = None  # retention.ReplaySampler over the new examples and the replay pool, or None
-    teacher: Any = None  # the frozen start model, for distillation
-    distill_weight: float = 0.0
-    distill_on: str = "replayed"  # retention.distillation_positions: answers | replayed | all
-
-
 class SailsTrainer(Trainer):
     """The HF Trainer with the retention levers: a replay sampler and a distillation term."""
 
@@ -212,7 +203,6 @@ class SailsTrainer(Trainer):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         if replayed is None:  # no replay pool this session: every row is new
             replayed = torch.zeros(len(inputs["input_ids"]), dtype=torch.long, device=inputs["input_ids"].device)
-        from .retention import distillation_loss, distillation_positions
 
         loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
         positions = distillation_positions(inputs["labels"], inputs["attention_mask"], replayed, retention.distill_on)
