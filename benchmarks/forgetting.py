@@ -297,7 +297,7 @@ def run_order(arm: Arm, base: Path, files: list[Path], facts: list[list[dict]], 
         model, tokenizer = load(model_dir)
         own[number] = {half: recall(model, tokenizer, part) for half, part in halves(facts[number - 1]).items()}
         if position == 0:
-            first_sessions[key] = {"dir": work / f"first-{len(first_sessions)}", "session": sessions[0],
+            first_sessions[key] = {"dir": work / f"first-seed{seed}-{len(first_sessions)}", "session": sessions[0],
                                    "own": own[number]}
             shutil.copytree(model_dir, first_sessions[key]["dir"])
     model, tokenizer = load(model_dir)
