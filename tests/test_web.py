@@ -41,7 +41,10 @@ class Server:
         self.process = subprocess.Popen(
             [sys.executable, str(REPO / "main.py"), "web", "--onnx-output", str(onnx_dir), "--out", str(out),
              "--serve", "--port", "0"], cwd=out.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, "PYTHONIOENCODING": "utf-8"})
+            env={**os.environ, "PYTHONIOENCODING": "utf-8"},
+            # Ctrl-C reaches it even when the test runner was started in the background (nohup, `&`), which
+            # leaves SIGINT ignored in every child: Python then installs no KeyboardInterrupt handler.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         self.lines: list[str] = []
         self._queue: queue.Queue = queue.Queue()
         threading.Thread(target=self._read_lines, daemon=True).start()
