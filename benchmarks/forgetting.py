@@ -15,8 +15,8 @@ positions) and a test half (odd): settings are chosen on the tuning half, the ta
 Per arm: session-1 and session-2 kept (recall after session 3 / recall right after the session itself),
 session-3 recall against the no-replay arm's, C4 perplexity (documents never trained on), replay
 exposures (old-record examples seen / new-record examples seen, per session), seconds per continued
-session, and the memory a session adds. Recall is the product's probe (mtn_sails/probe.py): greedy
-answers with the stored template, exact match after stripping, as `mtn-sails generate` decodes.
+session, and the memory a session adds. Recall is the product's probe (mtn_sails/probe.py): greedy exact
+match with the stored template, as `mtn-sails generate` decodes, in one teacher-forced pass.
 Goal (issue 15): kept >= 0.90 (mean over seeds, every seed >= 0.85) at <= 10% replay exposures,
 session-3 recall within 5 points of no replay, session time <= 1.5x no replay.
 """
@@ -202,7 +202,7 @@ def load(model_dir: Path):
 
 
 def recall(model, tokenizer, facts: list[dict[str, str]]) -> float:
-    """The product's probe recall of `facts` (greedy, stored template, exact match after stripping)."""
+    """The product's probe recall of `facts` (greedy exact match with the stored template)."""
     from mtn_sails.data import Record
     from mtn_sails.probe import score_probe
     from mtn_sails.template import PromptTemplate

@@ -2,10 +2,12 @@
 
 Perplexity alone does not show lost facts (it can improve while recall falls to zero), so each session
 keeps a small probe of its trained pairs and chats; after every later session the probe is answered
-again. Decoding is the one `mtn-sails generate` uses: the stored template, greedy, stop at eos,
-the completion stripped, compared with the stripped answer. torch is imported by the functions that
-score, so `ProbeScore` and `probe_records` are cheap to import. Prompts are batched with left padding
-(attention mask and position ids follow it), which gives the same tokens as one prompt at a time.
+again. Recall is greedy exact match, the decoding `mtn-sails generate` uses (stored template, greedy,
+stop at eos), found in one teacher-forced pass: greedy decoding gives exactly the answer's tokens and
+stops if and only if, with the answer fed in, the most likely next token is the answer's own at every
+position and eos after it. That costs one forward pass per batch instead of one per generated token
+(a model that knows nothing otherwise talks to its token cap on every question). torch is imported by
+the functions that score, so `ProbeScore` and `probe_records` are cheap to import.
 """
 from __future__ import annotations
 
@@ -17,8 +19,7 @@ from typing import Iterable, Sequence
 from .data import Record
 from .template import PromptTemplate
 
-PROBE_LIMIT = 64  # records per session: 64 greedy answers take seconds on a CPU
-EXTRA_NEW_TOKENS = 8  # beyond the longest answer: room for the eos and a wrong, longer answer
+PROBE_LIMIT = 64  # records per session: one teacher-forced pass over 64 answers takes well under a second
 
 
 @dataclass(frozen=True)
@@ -99,59 +100,36 @@ def _fit(prompt: list[int], room: int) -> list[int]:
     return prompt[-room:] if room > 0 and len(prompt) > room else prompt
 
 
-def _left_padded(sequences: Sequence[list[int]], pad_id: int, device):
-    import torch
+@dataclass(frozen=True)
+class LabelScore:
+    """How a model scores one sequence's label tokens, teacher-forced."""
 
-    longest = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), longest), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), longest), dtype=torch.long)
-    for row, sequence in enumerate(sequences):
-        ids[row, longest - len(sequence):] = torch.tensor(sequence, dtype=torch.long)
-        mask[row, longest - len(sequence):] = 1
-    return ids.to(device), mask.to(device)
+    logprob: float  # summed over the label tokens
+    count: int
+    greedy: bool  # the most likely next token is the label at every label position
 
 
-def greedy_answers(model, tokenizer, prompts: Sequence[list[int]], max_new_tokens: int,
-                   batch_size: int = 16) -> list[str]:
-    """The greedy completion of each prompt, stopped at eos and decoded as `generate` decodes it."""
-    from transformers import GenerationConfig
-
-    eos = tokenizer.eos_token_id
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                              eos_token_id=eos, pad_token_id=pad, bos_token_id=model.config.bos_token_id)
-    # a clean config: no sampling or penalties saved with the model, as `generate` applies none
-    device = next(model.parameters()).device
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths batch together
-    answers: list[str] = [""] * len(prompts)
-    for start in range(0, len(order), batch_size):
-        rows = order[start:start + batch_size]
-        ids, mask = _left_padded([prompts[i] for i in rows], pad, device)
-        output = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
-        for row, generated in zip(rows, output[:, ids.shape[1]:].tolist()):
-            produced = generated[:generated.index(eos)] if eos in generated else generated
-            answers[row] = tokenizer.decode(produced, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-    return answers
-
-
-def answer_logprobs(model, tokenizer, items: Sequence[ProbeItem], batch_size: int = 16) -> list[tuple[float, int]]:
-    """(summed log-probability, token count) of each item's answer tokens, teacher-forced."""
+def answer_scores(model, tokenizer, items: Sequence[ProbeItem], batch_size: int = 16) -> list[LabelScore]:
+    """Each item's answer tokens (and eos) scored with its prompt before them; an answer the model's
+    positions cannot hold whole after its prompt is never a greedy match."""
     from .tokenized import IGNORE_INDEX
 
     limit = _context_length(model)
-    sequences, labels = [], []
+    sequences, labels, whole = [], [], []
     for item in items:
         answer = item.answer_ids[:limit - 1] if limit else item.answer_ids
         prompt = _fit(item.prompt_ids, (limit - len(answer)) if limit else 0)
         sequences.append(prompt + answer)
         labels.append([IGNORE_INDEX] * len(prompt) + answer)
+        whole.append(len(answer) == len(item.answer_ids) and bool(prompt))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return label_logprobs(model, sequences, labels, pad, batch_size)
+    scores = label_scores(model, sequences, labels, pad, batch_size)
+    return [score if fits else LabelScore(score.logprob, score.count, False) for score, fits in zip(scores, whole)]
 
 
-def label_logprobs(model, sequences: Sequence[Sequence[int]], labels: Sequence[Sequence[int]], pad_id: int,
-                   batch_size: int = 16) -> list[tuple[float, int]]:
-    """(summed log-probability, count) of each sequence's label tokens (IGNORE_INDEX elsewhere), teacher-forced."""
+def label_scores(model, sequences: Sequence[Sequence[int]], labels: Sequence[Sequence[int]], pad_id: int,
+                 batch_size: int = 16) -> list[LabelScore]:
+    """Each sequence's label tokens (IGNORE_INDEX elsewhere) scored teacher-forced, in right-padded batches."""
     import torch
 
     from .tokenized import IGNORE_INDEX
@@ -169,25 +147,19 @@ def label_logprobs(model, sequences: Sequence[Sequence[int]], labels: Sequence[S
             logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
             picked = torch.log_softmax(logits, dim=-1).gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
             kept = target != IGNORE_INDEX
-            results += [(float(picked[row][kept[row]].sum()), int(kept[row].sum())) for row in range(len(batch))]
+            matches = (logits.argmax(dim=-1) == target) | ~kept
+            results += [LabelScore(float(picked[row][kept[row]].sum()), int(kept[row].sum()),
+                                   bool(matches[row].all()) and bool(kept[row].any())) for row in range(len(batch))]
     return results
 
 
 def score_probe(model, tokenizer, template: PromptTemplate, records: Sequence[Record],
-                max_new_tokens: int | None = None, batch_size: int = 16) -> ProbeScore:
-    """Greedy exact-match recall (the stripped answer, the decoding `generate` uses) and answer log-prob."""
+                batch_size: int = 16) -> ProbeScore:
+    """Greedy exact-match recall (the decoding `generate` uses) and answer log-probability, in one pass."""
     items = probe_items(tokenizer, template, [r for r in records if is_probe_record(r)])
     if not items:
         return ProbeScore(None, None, 0)
-    if max_new_tokens is None:
-        max_new_tokens = max(len(item.answer_ids) for item in items) + EXTRA_NEW_TOKENS
-    limit = _context_length(model)
-    if limit:  # an answer longer than the model's positions leave after its prompt cannot be given whole
-        max_new_tokens = min(max_new_tokens, limit // 2)
-    prompts = [_fit(item.prompt_ids, (limit - max_new_tokens) if limit else 0) for item in items]
-    with scoring(model):
-        answers = greedy_answers(model, tokenizer, prompts, max_new_tokens, batch_size)
-    scored = answer_logprobs(model, tokenizer, items, batch_size)
-    hits = sum(answer.strip() == item.answer.strip() for answer, item in zip(answers, items))
-    tokens = sum(count for _, count in scored)
-    return ProbeScore(hits / len(items), sum(total for total, _ in scored) / tokens if tokens else None, len(items))
+    scores = answer_scores(model, tokenizer, items, batch_size)
+    tokens = sum(score.count for score in scores)
+    return ProbeScore(sum(score.greedy for score in scores) / len(items),
+                      sum(score.logprob for score in scores) / tokens if tokens else None, len(items))

@@ -159,11 +159,11 @@ def make_sampler(plan: ReplayPlan, new_count: int, pool_sessions: Sequence[int],
 
 def mean_logprobs(model, examples: Sequence[dict[str, Any]], pad_id: int, batch_size: int = 32) -> list[float]:
     """Mean log-probability per label token of each tokenised example (input_ids, labels), teacher-forced."""
-    from .probe import label_logprobs
+    from .probe import label_scores
 
-    scored = label_logprobs(model, [e["input_ids"] for e in examples], [e["labels"] for e in examples], pad_id,
-                            batch_size)
-    return [total / count if count else 0.0 for total, count in scored]
+    scored = label_scores(model, [e["input_ids"] for e in examples], [e["labels"] for e in examples], pad_id,
+                          batch_size)
+    return [score.logprob / score.count if score.count else 0.0 for score in scored]
 
 
 def distillation_positions(labels, attention_mask, replayed, where: str):
