@@ -255,7 +255,10 @@ def test_a_session_applies_and_returns_its_interpolation_weight(tiny_model_dir, 
     quiet_train(output_dir=str(plain), **settings)
     quiet_train(output_dir=str(interpolated), interpolate="0.25", **settings)
     outcomes = [outcome for _, outcome in outcomes_seen]
-    assert [outcome.interpolation_alpha for outcome in outcomes] == [None, 0.25]  # the history records it
+    assert [outcome.interpolation_alpha for outcome in outcomes] == [None, 0.25]
+    from mtn_sails.history import load_history
+    assert [s.interpolation_alpha for s in load_history(interpolated)][-1] == 0.25  # the history records it
+    assert [s.interpolation_alpha for s in load_history(plain)][-1] is None
     trained, quarter = tensors(plain), tensors(interpolated)
     for name in start:
         assert torch.allclose(quarter[name], start[name] + 0.25 * (trained[name] - start[name]), atol=1e-6)
