@@ -399,7 +399,7 @@ def run(args) -> dict:
         files = [fact_file(work, seed, number, f) for number, f in enumerate(facts, start=1)]
         first_sessions: dict = {}
         for arm in arms:
-            orders = [[1, 2, 3]] + ([[3, 2, 1]] if arm.both_orders and args.reversed else [])
+            orders = [[1, 2, 3]] + ([[3, 2, 1]] if (arm.both_orders or args.every_order) and args.reversed else [])
             for order in orders:
                 result = run_joint(arm, base, facts, seed, work, args) if arm.joint else \
                     run_order(arm, base, files, facts, order, seed, work, first_sessions, args)
@@ -452,6 +452,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--levers", action="store_true", help="also every lever and combination")
     parser.add_argument("--reversed", action=argparse.BooleanOptionalAction, default=True,
                         help="run the headline arms in order 3, 2, 1 too")
+    parser.add_argument("--every-order", action="store_true", help="run every arm (the levers too) in order 3, 2, 1 too")
     parser.add_argument("--size", default="small", choices=sorted(SHAPES), help="the GPT-2 shape")
     parser.add_argument("--vocab-size", type=int, default=4000)
     parser.add_argument("--pretrain-records", type=int, default=100, help="C4 documents the base learns")
