@@ -163,7 +163,8 @@ def training_arguments(settings: TrainSettings, has_eval: bool, packed: bool, sh
         group_by_length=settings.group_by_length and not packed,
         length_column_name="length",
         remove_unused_columns=False,  # the collator drops `length`; keeping it spares a pass over the data
-        use_cpu=settings.device == "cpu",
+        # --device auto without CUDA trains on the CPU; saying so lets bf16 pass TrainingArguments' GPU check
+        use_cpu=settings.device == "cpu" or not torch.cuda.is_available(),
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         dataloader_num_workers=0,

@@ -234,6 +234,17 @@ def test_bf16_on_the_cpu_is_recorded_and_saves_fp32_weights(tiny_model_copy, qa_
     assert load_history(tiny_model_copy)[-1]["precision"] == "fp32"
 
 
+@pytest.mark.parametrize("device", ["auto", "cpu", "cuda"])
+@pytest.mark.parametrize("precision", ["auto", "fp32", "bf16", "fp16"])
+def test_every_precision_and_device_runs_or_says_why_in_one_line(tiny_model_copy, qa_file, capsys, device, precision):
+    code = main(train_args(qa_file, tiny_model_copy, "--device", device, "--precision", precision, "--quiet"))
+    error = capsys.readouterr().err.strip()
+    if code == 0:
+        assert load_history(tiny_model_copy)[-1]["precision"] in ("fp32", "bf16", "fp16")
+    else:
+        assert code == 2 and len(error.splitlines()) == 1 and "Traceback" not in error, error
+
+
 def test_fp16_on_the_cpu_is_refused_before_anything_changes(tiny_model_copy, qa_file, capsys):
     before = weights_bytes(tiny_model_copy)
     assert main(train_args(qa_file, tiny_model_copy, "--device", "cpu", "--precision", "fp16")) == 2
