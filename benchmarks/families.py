@@ -3,6 +3,7 @@ shape through a whole session, its export and generation.
 
     python benchmarks/families.py --json-out benchmarks/results/families.json   # the BENCHMARKS.md tables
     python benchmarks/families.py --quick                                        # tiny shapes (~1-2 min)
+    python benchmarks/families.py --no-training --json-out benchmarks/results/families_session.json  # SmolLM2 session
 
 Training arms. Two shapes with random weights (no hub): `distilgpt2` (GPT-2, 6 layers x 768, 12 heads,
 50,257-row embedding and tied head, GPT-2's Conv1D layers) and `smollm2-135m` (Llama: 30 layers x 576,
@@ -257,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="generation rounds per backend")
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--no-session", action="store_true", help="training arms only")
+    parser.add_argument("--no-training", action="store_true", help="the session and generation only")
     parser.add_argument("--session-records", type=int, default=40,
                         help="records of examples/programming_basics.json the session trains on")
     parser.add_argument("--arm", nargs=2, metavar=("SHAPE", "ARM"), help=argparse.SUPPRESS)  # one arm, in-process
@@ -271,7 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     report = {"machine": machine(), "load_average_start": os.getloadavg(),
               "settings": {"steps": steps, "batch_size": args.batch_size, "max_length": args.max_length,
                            "lora_rank": LORA_RANK, "lora_alpha": LORA_ALPHA}}
-    report["training"] = training_table(shapes, arms, steps, args.batch_size, args.max_length)
+    if not args.no_training:
+        report["training"] = training_table(shapes, arms, steps, args.batch_size, args.max_length)
     if not args.no_session:
         root = Path(tempfile.mkdtemp(prefix="families_"))
         try:

@@ -120,7 +120,7 @@ class Arm:
 
     def first_session_key(self) -> str:
         """What session 1 depends on (it has nothing earlier to replay, distil or choose a weight against)."""
-        keys = ("freeze_layers", "lr_schedule", "warmup_ratio")
+        keys = ("freeze_layers", "lr_schedule", "warmup_ratio", "method")
         fixed = {k: self.settings[k] for k in keys if k in self.settings}
         weight = self.settings.get("interpolate", "off")
         if weight not in ("off", "auto"):
@@ -157,6 +157,9 @@ LEVERS = [
     Arm("rewarm-cosine", {**TODAY, **NO_REPLAY, "lr_schedule": "cosine", "warmup_ratio": 0.1}),
     Arm("targeted-distill-rewarm", {**TARGETED, "distill_weight": 1.0, "lr_schedule": "cosine",
                                     "warmup_ratio": 0.1}),
+    # LoRA (rank 8, merged after every session): how much an adapter's low rank alone protects (issue 16)
+    Arm("lora-no-replay", {**TODAY, **NO_REPLAY, "method": "lora"}),
+    Arm("lora-defaults", {"method": "lora"}),
 ]
 
 
