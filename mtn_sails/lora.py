@@ -20,8 +20,9 @@ def target_modules(model) -> list[str]:
                    if isinstance(module, (torch.nn.Linear, Conv1D)) and module is not head})
 
 
-def wrap_lora(model, rank: int, alpha: float):
+def wrap_lora(model, rank: int, alpha: float, seed: int = 42):
     """`model` with trainable LoRA adapters of `rank` on its linear layers (every other weight frozen)."""
+    import torch
     from peft import LoraConfig, get_peft_model
     from transformers.pytorch_utils import Conv1D
 
@@ -29,6 +30,7 @@ def wrap_lora(model, rank: int, alpha: float):
     fan_in_fan_out = any(isinstance(module, Conv1D) for module in model.modules())
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=LORA_DROPOUT, target_modules=target_modules(model),
                         fan_in_fan_out=fan_in_fan_out, task_type="CAUSAL_LM")
+    torch.manual_seed(seed)  # the A matrices start random: seeded, a session repeats with its --seed
     return get_peft_model(model, config)
 
 

@@ -286,7 +286,7 @@ def load_session_model(config: TrainConfig, plan: TrainingPlan, data: SessionDat
     if config.method == "lora":
         from .lora import parameter_counts, wrap_lora
 
-        model = wrap_lora(model, config.lora_rank, config.lora_alpha)
+        model = wrap_lora(model, config.lora_rank, config.lora_alpha, config.seed)
         trainable, total = parameter_counts(model)
         say(f"🪶 LoRA rank {config.lora_rank}, alpha {config.lora_alpha:g}: training {trainable:,} of {total:,} "
             f"parameters ({trainable / total:.2%}); merged into the weights at the save")

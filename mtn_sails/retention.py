@@ -240,7 +240,10 @@ def interpolate(model, start: dict[str, Any], trained: dict[str, Any], alpha: fl
     with torch.no_grad():
         for name, tensor in model.state_dict().items():
             if name in start:
-                tensor.copy_(start[name] + alpha * (trained[name] - start[name]))
+                # LoRA's B starts at zero, so scaling B alone scales the merged update B·A by alpha;
+                # interpolating A as well would give alpha·B·((1 - alpha)·A_start + alpha·A) instead.
+                weight = 1.0 if "lora_A." in name else alpha
+                tensor.copy_(start[name] + weight * (trained[name] - start[name]))
 
 
 @dataclass(frozen=True)

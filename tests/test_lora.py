@@ -89,3 +89,38 @@ def test_bad_lora_options_are_one_line_and_exit_2(option, value, qa_file, tmp_pa
     assert main(["train", "--data-file", str(qa_file), "--output-dir", str(tmp_path / "out"), option, value]) == 2
     err = capsys.readouterr().err.strip()
     assert option in err and len(err.splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_lora_continues_with_every_retention_lever(tiny_model_copy, qa_file, capsys):
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    from mtn_sails.history import load_history
+
+    def session(*extra: str) -> dict:
+        assert main(["train", "--data-file", str(qa_file), "--output-dir", str(tiny_model_copy), "--epochs", "2",
+                     "--batch-size", "4", "--method", "lora", "--lora-rank", "4", "--learning-rate", "1e-2",
+                     "--eval-split", "0", "--quiet", *extra]) == 0
+        return load_file(tiny_model_copy / "model.safetensors")
+
+    session("--replay", "0")  # the first session of the history: what later ones replay
+    start = load_file(tiny_model_copy / "model.safetensors")
+    full = session("--replay", "0.5", "--distill-weight", "1", "--freeze-layers", "1")
+    latest = load_history(tiny_model_copy)[-1]
+    assert latest.replayed_examples > 0  # replay and distillation ran on the adapted model
+    assert all(torch.equal(full[key], start[key]) for key in start if ".h.0." in key or "wte" in key)  # frozen
+    assert any(not torch.equal(full[key], start[key]) for key in start if ".h.1.attn.c_attn" in key)
+
+    kept = tiny_model_copy.parent / "before_interpolation"
+    shutil.copytree(tiny_model_copy, kept)
+    before = load_file(tiny_model_copy / "model.safetensors")
+    trained = session("--replay", "0", "--seed", "3")
+    shutil.rmtree(tiny_model_copy)
+    shutil.copytree(kept, tiny_model_copy)
+    half = session("--replay", "0", "--seed", "3", "--interpolate", "0.5")
+    assert load_history(tiny_model_copy)[-1].interpolation_alpha == 0.5
+    for key in before:  # halfway in the merged weights, as WiSE-FT on a full fine-tune (same --seed: same run)
+        torch.testing.assert_close(half[key], before[key] + 0.5 * (trained[key] - before[key]), rtol=1e-4, atol=1e-5)
