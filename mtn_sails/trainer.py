@@ -5,6 +5,7 @@ Imported only by the commands that train, so `--help` and `validate` never load 
 from __future__ import annotations
 
 import math
+import os
 import sys
 import warnings
 from dataclasses import dataclass
@@ -141,6 +142,9 @@ def training_arguments(settings: TrainSettings, has_eval: bool, packed: bool, sh
     if settings.device == "cuda" and not torch.cuda.is_available():
         raise InputError("--device cuda was asked for but no CUDA device is available")
     precision = precision_for(settings.device, settings.precision)
+    # TrainingArguments leaves its choice in ACCELERATE_MIXED_PRECISION and reads it back, so one bf16 session
+    # made every later session of the process bf16 too (the Python API runs several); the session's own decides.
+    os.environ["ACCELERATE_MIXED_PRECISION"] = precision if precision in ("bf16", "fp16") else "no"
     per_epoch = "steps" if settings.save_steps else "epoch"
     return TrainingArguments(
         output_dir=str(settings.checkpoint_dir),

@@ -234,6 +234,23 @@ def test_bf16_on_the_cpu_is_recorded_and_saves_fp32_weights(tiny_model_copy, qa_
     assert load_history(tiny_model_copy)[-1]["precision"] == "fp32"
 
 
+def test_a_bf16_session_leaves_the_next_session_of_the_process_in_fp32(tiny_model_copy, qa_file, monkeypatch):
+    import mtn_sails.trainer as trainer_module
+
+    trainers, run_training = [], trainer_module.run_training
+
+    def recorded(*args, **kwargs):
+        trainer, outcome = run_training(*args, **kwargs)
+        trainers.append(trainer)
+        return trainer, outcome
+
+    monkeypatch.setattr(trainer_module, "run_training", recorded)
+    for precision in ("bf16", "fp32"):
+        assert main(train_args(qa_file, tiny_model_copy, "--device", "cpu", "--precision", precision, "--quiet")) == 0
+    # accelerate's autocast flag, per session (its mixed_precision is a process-wide state, so read now)
+    assert [trainer.accelerator.native_amp for trainer in trainers] == [True, False]
+
+
 @pytest.mark.parametrize("device", ["auto", "cpu", "cuda"])
 @pytest.mark.parametrize("precision", ["auto", "fp32", "bf16", "fp16"])
 def test_every_precision_and_device_runs_or_says_why_in_one_line(tiny_model_copy, qa_file, capsys, device, precision):
