@@ -33,7 +33,8 @@ best round beside it; the load average is recorded at each round's ends.
   levers/...   (not with --quick or --no-levers; a phase of its own, --lever-steps) pairs/sails again, and
                with one change each, every arm on the same batches: +unfused (gelu_new as the base
                config has it: mtn_sails before use_fused_activation), +bf16 (`--precision bf16`: CPU autocast
-               to bfloat16); thread counts cannot differ between arms of one process: see cpu_threads.py
+               to bfloat16), +full-logits (the output layer on every position, as before SailsTrainer
+               computed it only where a label is); thread counts cannot differ between arms of one process: see cpu_threads.py
 
 Both data files are split like a session (`split_dataset`, 10% held out) and every arm trains on the
 same 90%. The arms of one comparison run in lockstep: each arm's Trainer runs in its own thread, and a
@@ -96,7 +97,7 @@ EVAL_SPLIT = 0.1  # the product's default --eval-split
 LEARNING_RATE = 5e-5
 GOAL_RATIO = 2.0  # pairs/sails real tokens/s over pairs/plain
 GOAL_MFU = 0.5
-LEVERS = ("unfused", "bf16")
+LEVERS = ("unfused", "bf16", "full-logits")
 warnings.filterwarnings("ignore", message="mtime may not be reliable")
 warnings.filterwarnings("ignore", message=".*loss_type=None.*")
 
@@ -412,7 +413,8 @@ def sails_arm(setup: Setup, rows, name: str, steps: int, lever: str = "",
                              gradient_accumulation_steps=1, seed=args.seed,
                              checkpoint_dir=setup.work / name.replace("/", "-").replace("+", "-"),
                              save_steps=NO_CHECKPOINTS, device="cpu",
-                             precision="bf16" if lever == "bf16" else "auto", group_by_length=not sequential)
+                             precision="bf16" if lever == "bf16" else "auto", group_by_length=not sequential,
+                             logits_on_labels=lever != "full-logits")
     config = copy.deepcopy(setup.model.config)
     if lever != "unfused":
         sails_trainer.use_fused_activation(config)  # what recipes.load_start_model does to a loaded config
@@ -851,7 +853,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit-records", type=int, default=0, help="use the first N records of each file (0: all)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--levers", action=argparse.BooleanOptionalAction, default=None,
-                        help="also run pairs/sails +unfused and +bf16 (default: on, off with --quick)")
+                        help="also run pairs/sails +unfused, +bf16 and +full-logits (default: on, off with --quick)")
     parser.add_argument("--overheads", action=argparse.BooleanOptionalAction, default=True,
                         help="time one held-out evaluation and one checkpoint of pairs/sails")
     parser.add_argument("--startup", action=argparse.BooleanOptionalAction, default=True,

@@ -4,6 +4,7 @@ Imported only by the commands that train, so `--help` and `validate` never load 
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
@@ -83,6 +84,7 @@ class TrainSettings:
     group_by_length: bool = True
     lr_schedule: str = "linear"  # a transformers scheduler name
     warmup_ratio: float = 0.0
+    logits_on_labels: bool = True  # the output layer only where a token is predicted (see SailsTrainer)
 
 
 @dataclass(frozen=True)
@@ -175,6 +177,7 @@ def training_arguments(settings: TrainSettings, has_eval: bool, packed: bool, sh
         save_safetensors=True,
         ddp_find_unused_parameters=False,
         dataloader_pin_memory=torch.cuda.is_available(),
+        prediction_loss_only=True,  # evaluation needs the loss only; gathering logits costs memory
     ), precision
 
 
@@ -191,12 +194,47 @@ class EpochReport(TrainerCallback):
             say(f"   epoch {epoch:.2f}: eval loss {logs['eval_loss']:.4f}")
 
 
-class SailsTrainer(Trainer):
-    """The HF Trainer with the retention levers: a replay sampler and a distillation term."""
+def label_positions(labels) -> Any:
+    """(batch, length) bool: the positions whose next token is a label (not IGNORE_INDEX)."""
+    mask = torch.zeros_like(labels, dtype=torch.bool)
+    mask[:, :-1] = labels[:, 1:] != IGNORE_INDEX
+    return mask
 
-    def __init__(self, *args, retention: Retention | None = None, **kwargs) -> None:
+
+@contextlib.contextmanager
+def head_on_positions(model, mask):
+    """For the block, the model's output layer reads only the hidden states at `mask` (batch, length), so
+    its logits are (positions, vocabulary); any other input passes through."""
+    def keep(module, args):
+        hidden = args[0]
+        return (hidden[mask],) + tuple(args[1:]) if hidden.dim() == 3 and hidden.shape[:2] == mask.shape else None
+
+    handle = model.get_output_embeddings().register_forward_pre_hook(keep)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def loss_on_label_positions(outputs, labels, num_items_in_batch=None):
+    """Cross-entropy of logits computed at the label positions only (head_on_positions): the model's
+    own causal-LM loss, summed over the batch's label tokens then divided as the Trainer asks."""
+    targets = labels[:, 1:][labels[:, 1:] != IGNORE_INDEX]
+    logits = outputs.logits.float()
+    if num_items_in_batch is None:
+        return torch.nn.functional.cross_entropy(logits, targets)
+    return torch.nn.functional.cross_entropy(logits, targets, reduction="sum") / num_items_in_batch
+
+
+class SailsTrainer(Trainer):
+    """The HF Trainer with the retention levers (a replay sampler and a distillation term) and an
+    output layer computed only where a token is predicted: prompt tokens and padding have no label,
+    and over a 50,257-token vocabulary the output layer is a large share of a step's work and memory."""
+
+    def __init__(self, *args, retention: Retention | None = None, logits_on_labels: bool = True, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.retention = retention or Retention()
+        self.logits_on_labels = logits_on_labels
 
     def _get_train_sampler(self, train_dataset=None):
         return self.retention.sampler or super()._get_train_sampler(train_dataset)
@@ -205,7 +243,14 @@ class SailsTrainer(Trainer):
         replayed = inputs.pop(REPLAYED, None)
         retention = self.retention
         if retention.teacher is None or not retention.distill_weight or "labels" not in inputs:
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            if not self.logits_on_labels or "labels" not in inputs:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            self.compute_loss_func = loss_on_label_positions  # the Trainer pops the labels and passes them to it
+            try:
+                with head_on_positions(self.accelerator.unwrap_model(model), label_positions(inputs["labels"])):
+                    return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            finally:
+                self.compute_loss_func = None
         if replayed is None:  # no replay pool this session: every row is new
             replayed = torch.zeros(len(inputs["input_ids"]), dtype=torch.long, device=inputs["input_ids"].device)
 
@@ -233,7 +278,8 @@ def run_training(model, tokenizer, data: TokenizedData, settings: TrainSettings,
     train_dataset = data.train.remove_columns(["length"]) if data.packed else data.train
     eval_dataset = data.eval.remove_columns(["length"]) if data.packed and data.eval is not None else data.eval
     trainer = SailsTrainer(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
-                           data_collator=collator, processing_class=tokenizer, retention=retention)
+                           data_collator=collator, processing_class=tokenizer, retention=retention,
+                           logits_on_labels=settings.logits_on_labels)
     trainer.remove_callback(PrinterCallback)
     if not show_progress:
         trainer.remove_callback(ProgressCallback)

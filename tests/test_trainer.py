@@ -199,3 +199,35 @@ def test_replay_pool_rows_follow_the_new_ones_and_are_marked():
     batch = PaddingCollator(pad_token_id=9)([data[0], data[2]])
     assert batch[REPLAYED].tolist() == [0, 1]  # carried to the loss, which distils on the replayed rows
     assert batch["input_ids"].tolist() == [[1, 2, 3], [7, 8, 9]]
+
+
+@pytest.mark.parametrize("counted", [False, True])  # mean over the batch, or a sum over the Trainer's count
+def test_output_layer_on_label_positions_gives_the_models_own_loss_and_gradients(tiny_model_dir, tmp_path, counted):
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
+
+    from conftest import QA_PAIRS
+    from mtn_sails.tokenized import tokenize_records
+    from mtn_sails.trainer import SailsTrainer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    records = [Record(index=i, kind="pair", shape="question/answer", prompt=q, response=a)
+               for i, (q, a) in enumerate(QA_PAIRS[:6])]
+    batch = PaddingCollator(tokenizer.pad_token_id)(tokenize_records(records, tokenizer, PromptTemplate(), 64))
+    labelled = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+    assert labelled < batch["labels"].numel() / 2  # prompts and padding: most positions predict nothing
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none")
+    losses, gradients = [], []
+    for on_labels in (False, True):
+        trainer = SailsTrainer(model=model, args=args, logits_on_labels=on_labels)
+        model.zero_grad()
+        loss, outputs = trainer.compute_loss(model, dict(batch), return_outputs=True,
+                                             num_items_in_batch=torch.tensor(labelled) if counted else None)
+        loss.backward()
+        losses.append(float(loss.detach()))
+        gradients.append({name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None})
+    assert outputs.logits.shape == (labelled, model.config.vocab_size)  # the output layer ran on those only
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5)
+    assert gradients[0].keys() == gradients[1].keys()
+    for name, gradient in gradients[0].items():
+        torch.testing.assert_close(gradients[1][name], gradient, rtol=1e-4, atol=1e-6)
