@@ -90,7 +90,8 @@ class TrainConfig:
                               "records); session: drawn once and repeated", default="epoch", choices=REPLAY_DRAWS)
     distill_weight: float = option("weight of a term keeping the replayed answers' token distributions close to "
                                    "the model the session started from (distillation; 0 disables; holds a frozen "
-                                   "copy of the start model in memory)", default=1.0)
+                                   "copy of the start model in memory); off by default: on the forgetting benchmark "
+                                   "targeted replay alone kept more", default=0.0)
     distill_on: str = option("where distillation applies: answers (the replayed examples' answer tokens), "
                              "replayed (every token of the replayed examples), or all (and the new examples' "
                              "prompt tokens)", default="replayed", choices=DISTILL_POSITIONS)

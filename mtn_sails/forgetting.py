@@ -76,9 +76,8 @@ def lost_answers(rows: list[ForgettingRow], threshold: float = KEEP_THRESHOLD) -
     return [row for row in rows if row.kept is not None and row.kept < threshold]
 
 
-def retention_advice(replay: float, distill_weight: float) -> str:
+def retention_advice(replay: float) -> str:
     """What to change so that a later session keeps more of the earlier answers than this one did."""
     more_replay = max(round(2 * replay, 3), 0.1)
-    distill = "" if distill_weight else " with --distill-weight 1"
-    return (f"train it with --replay {more_replay:g}{distill} to keep more of them (this session: --replay {replay:g}); "
+    return (f"train it with --replay {more_replay:g} to keep more of them (this session: --replay {replay:g}); "
             "CONTINUOUS_TRAINING.md, 'Keeping what was learned'")

@@ -442,7 +442,7 @@ def report_session(result: SessionResult, config: TrainConfig) -> None:
     for row in lost_answers(session.forgetting, config.keep_threshold):
         say(f"⚠️  Session {row.session} lost answers: recall {row.recall_before:.2f} -> {row.recall_after:.2f} "
             f"(keeps {row.kept:.0%}, under {config.keep_threshold:.0%}); "
-            f"{retention_advice(config.replay, config.distill_weight)}")
+            f"{retention_advice(config.replay)}")
     if result.backup_dir is not None:
         say(f"💾 The previous contents of {result.output_dir} were kept at {result.backup_dir}")
 
