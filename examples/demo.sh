@@ -18,7 +18,7 @@ step "$PY" main.py pipeline --data-file examples/programming_basics.json --model
   --output-dir "$MODEL" --onnx-output "$ONNX"
 # The scratch continuation rate (2e-4) learns ~70 new long answers too slowly for a demo, so the demo sets
 # the first session's rate (--learning-rate wins over detection); at that rate a tenth of a session's
-# replay loses most of session 1, and half of one keeps it (CONTINUOUS_TRAINING.md, 'Keeping what was learned').
+# replay lost most of session 1 and half of one kept it (BENCHMARKS.md, 'Time per session on the examples').
 for data in web_development databases; do
   step "$PY" main.py pipeline --data-file "examples/$data.json" --epochs 25 --learning-rate 1e-3 --replay 0.5 \
     --output-dir "$MODEL" --onnx-output "$ONNX"
