@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterable, Sequence
 
 from .data import Record
@@ -124,7 +124,7 @@ def answer_scores(model, tokenizer, items: Sequence[ProbeItem], batch_size: int 
         whole.append(len(answer) == len(item.answer_ids) and bool(prompt))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     scores = label_scores(model, sequences, labels, pad, batch_size)
-    return [score if fits else LabelScore(score.logprob, score.count, False) for score, fits in zip(scores, whole)]
+    return [score if fits else replace(score, greedy=False) for score, fits in zip(scores, whole)]
 
 
 def label_scores(model, sequences: Sequence[Sequence[int]], labels: Sequence[Sequence[int]], pad_id: int,

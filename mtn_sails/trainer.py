@@ -219,7 +219,7 @@ def head_on_positions(model, mask):
 def loss_on_label_positions(outputs, labels, num_items_in_batch=None):
     """Cross-entropy of logits computed at the label positions only (head_on_positions): the model's
     own causal-LM loss, summed over the batch's label tokens then divided as the Trainer asks."""
-    targets = labels[:, 1:][labels[:, 1:] != IGNORE_INDEX]
+    targets = labels[:, 1:][label_positions(labels)[:, :-1]]  # in the order head_on_positions keeps them
     logits = outputs.logits.float()
     if num_items_in_batch is None:
         return torch.nn.functional.cross_entropy(logits, targets)
@@ -239,18 +239,22 @@ class SailsTrainer(Trainer):
     def _get_train_sampler(self, train_dataset=None):
         return self.retention.sampler or super()._get_train_sampler(train_dataset)
 
+    def _loss_at_label_positions(self, model, inputs, return_outputs, num_items_in_batch):
+        """The Trainer's own loss path, with the output layer on the label positions only."""
+        self.compute_loss_func = loss_on_label_positions  # the Trainer pops the labels and passes them to it
+        try:
+            with head_on_positions(self.accelerator.unwrap_model(model), label_positions(inputs["labels"])):
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        finally:
+            self.compute_loss_func = None
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         replayed = inputs.pop(REPLAYED, None)
         retention = self.retention
         if retention.teacher is None or not retention.distill_weight or "labels" not in inputs:
-            if not self.logits_on_labels or "labels" not in inputs:
-                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            self.compute_loss_func = loss_on_label_positions  # the Trainer pops the labels and passes them to it
-            try:
-                with head_on_positions(self.accelerator.unwrap_model(model), label_positions(inputs["labels"])):
-                    return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            finally:
-                self.compute_loss_func = None
+            if self.logits_on_labels and "labels" in inputs:
+                return self._loss_at_label_positions(model, inputs, return_outputs, num_items_in_batch)
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         if replayed is None:  # no replay pool this session: every row is new
             replayed = torch.zeros(len(inputs["input_ids"]), dtype=torch.long, device=inputs["input_ids"].device)
 
