@@ -129,8 +129,8 @@ class Arm:
 
 
 NO_REPLAY = {"replay": 0.0, "distill_weight": 0.0, "interpolate": "off", "freeze_layers": 0}
-TODAY = {"replay": 1.0, "replay_select": "uniform", "replay_draw": "session", "distill_weight": 0.0,
-         "distill_on": "replayed",
+TODAY = {"replay": 1.0, "replay_select": "uniform", "replay_draw": "session", "replay_weight": 1.0,
+         "distill_weight": 0.0, "distill_on": "replayed",
          "interpolate": "off", "freeze_layers": 0, "lr_schedule": "linear", "warmup_ratio": 0.0}
 BASELINES = [
     Arm("no-replay", {**TODAY, **NO_REPLAY}, both_orders=True),
@@ -144,6 +144,9 @@ TARGETED = {**EPOCH, "replay_select": "targeted"}
 LEVERS = [
     Arm("epoch-0.1", EPOCH),
     Arm("targeted-0.1", TARGETED),
+    Arm("targeted-weight-2", {**TARGETED, "replay_weight": 2.0}),
+    Arm("targeted-weight-4", {**TARGETED, "replay_weight": 4.0}),
+    Arm("targeted-weight-8", {**TARGETED, "replay_weight": 8.0}),
     Arm("epoch-distill", {**EPOCH, "distill_weight": 1.0, "distill_on": "replayed"}),
     Arm("targeted-distill-answers", {**TARGETED, "distill_weight": 1.0, "distill_on": "answers"}),
     Arm("targeted-distill", {**TARGETED, "distill_weight": 1.0, "distill_on": "replayed"}),

@@ -21,6 +21,9 @@ KEEP_THRESHOLD = 0.9  # an earlier session that keeps less of its probe recall t
 REPLAY_SELECTIONS = ("uniform", "targeted")
 REPLAY_DRAWS = ("epoch", "session")
 DISTILL_POSITIONS = ("answers", "replayed", "all")
+# A replayed example's loss weight: at 0.1 replay, one replayed example in eleven relearns a lost answer too slowly
+# to outpace the new session; weighted 4x it did on the forgetting benchmark (CONTINUOUS_TRAINING.md).
+REPLAY_WEIGHT = 4.0
 MAX_REPLAY = 10.0  # replayed examples per new one; beyond it the session is mostly replay
 LR_SCHEDULES = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
 FP16_NEEDS_CUDA = "--precision fp16 needs a CUDA device; on the CPU use bf16 or fp32"
@@ -88,6 +91,8 @@ class TrainConfig:
                                 "epoch start)", default="targeted", choices=REPLAY_SELECTIONS)
     replay_draw: str = option("epoch: the replayed examples are drawn afresh every epoch (same budget, other "
                               "records); session: drawn once and repeated", default="epoch", choices=REPLAY_DRAWS)
+    replay_weight: float = option("how much a replayed example's tokens count in the loss against a new example's "
+                                  "(it adds no examples: the replay budget stays --replay)", default=REPLAY_WEIGHT)
     distill_weight: float = option("weight of a term keeping the replayed answers' token distributions close to "
                                    "the model the session started from (distillation; 0 disables; holds a frozen "
                                    "copy of the start model in memory); off by default: on the forgetting benchmark "
@@ -107,8 +112,9 @@ class TrainConfig:
                                    "gave right after training (its probe recall)", default=KEEP_THRESHOLD)
     resume: bool = option("continue an interrupted session from its last checkpoint", default=False)
     device: str = option("where to train", default="auto", choices=DEVICES)
-    precision: str = option("auto: bf16 (else fp16) on CUDA, fp32 on the CPU; bf16 also runs on CPUs with "
-                            "AVX-512 BF16 or AMX (1.57x faster in BENCHMARKS.md); fp16 needs CUDA",
+    precision: str = option("auto: bf16 (else fp16) on CUDA; on the CPU bf16 where it computes bf16 natively "
+                            "(AVX-512 BF16 or AMX) and the model is 512 wide or more, else fp32; fp32 opts "
+                            "out of mixed precision; fp16 needs CUDA",
                             default="auto", choices=PRECISIONS)
     save_steps: int = option("steps between resumable checkpoints (0: once per epoch, at most "
                              "10 per session)", default=0)
@@ -133,6 +139,7 @@ class TrainConfig:
         _require(self.max_length >= 8, f"--max-length must be at least 8, got {self.max_length}")
         _require(0 <= self.eval_split < 0.5, f"--eval-split must be in [0, 0.5), got {self.eval_split}")
         _require(0 <= self.replay <= MAX_REPLAY, f"--replay must be in [0, {MAX_REPLAY}], got {self.replay}")
+        _require(self.replay_weight > 0, f"--replay-weight must be positive, got {self.replay_weight}")
         _require(self.distill_weight >= 0, f"--distill-weight must be 0 or positive, got {self.distill_weight}")
         _require(self.freeze_layers >= 0, f"--freeze-layers must be 0 or positive, got {self.freeze_layers}")
         _require(0 <= self.warmup_ratio < 1, f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")

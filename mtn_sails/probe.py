@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from typing import Iterable, Sequence
 
 from .data import Record
+from .output_layer import head_on_positions, label_positions, length_sorted_batches
 from .template import PromptTemplate
 
 PROBE_LIMIT = 64  # records per session: one teacher-forced pass over 64 answers takes well under a second
@@ -107,6 +108,7 @@ class LabelScore:
     logprob: float  # summed over the label tokens
     count: int
     greedy: bool  # the most likely next token is the label at every label position
+    weakest: float  # the least likely label token's log-probability (0.0 without labels)
 
 
 def answer_scores(model, tokenizer, items: Sequence[ProbeItem], batch_size: int = 16) -> list[LabelScore]:
@@ -129,28 +131,39 @@ def answer_scores(model, tokenizer, items: Sequence[ProbeItem], batch_size: int 
 
 def label_scores(model, sequences: Sequence[Sequence[int]], labels: Sequence[Sequence[int]], pad_id: int,
                  batch_size: int = 16) -> list[LabelScore]:
-    """Each sequence's label tokens (IGNORE_INDEX elsewhere) scored teacher-forced, in right-padded batches."""
+    """Each sequence's label tokens (IGNORE_INDEX elsewhere) scored teacher-forced, in right-padded batches of
+    similar lengths."""
     import torch
 
     from .tokenized import IGNORE_INDEX
 
     device = next(model.parameters()).device
-    results: list[tuple[float, int]] = []
+    results: dict[int, LabelScore] = {}
     with scoring(model):
-        for start in range(0, len(sequences), batch_size):
-            batch, batch_labels = sequences[start:start + batch_size], labels[start:start + batch_size]
+        for chosen in length_sorted_batches([len(s) for s in sequences], batch_size):
+            batch, batch_labels = [sequences[i] for i in chosen], [labels[i] for i in chosen]
             longest = max(len(s) for s in batch)
             ids = torch.tensor([list(s) + [pad_id] * (longest - len(s)) for s in batch], device=device)
             mask = torch.tensor([[1] * len(s) + [0] * (longest - len(s)) for s in batch], device=device)
-            target = torch.tensor([list(l) + [IGNORE_INDEX] * (longest - len(l)) for l in batch_labels],
-                                  device=device)[:, 1:]
-            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-            picked = torch.log_softmax(logits, dim=-1).gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-            kept = target != IGNORE_INDEX
-            matches = (logits.argmax(dim=-1) == target) | ~kept
-            results += [LabelScore(float(picked[row][kept[row]].sum()), int(kept[row].sum()),
-                                   bool(matches[row].all()) and bool(kept[row].any())) for row in range(len(batch))]
-    return results
+            padded = torch.tensor([list(l) + [IGNORE_INDEX] * (longest - len(l)) for l in batch_labels],
+                                  device=device)
+            positions = label_positions(padded)
+            with head_on_positions(model, positions):
+                logits = model(input_ids=ids, attention_mask=mask).logits.float()  # (label positions, vocabulary)
+            target = padded[:, 1:][positions[:, :-1]]
+            picked = torch.log_softmax(logits, dim=-1).gather(-1, target.unsqueeze(-1)).squeeze(-1)
+            missed = (logits.argmax(dim=-1) != target).long()
+            rows = positions.nonzero()[:, 0]
+            count = torch.zeros(len(batch), dtype=torch.long, device=device).index_add_(0, rows,
+                                                                                       torch.ones_like(rows))
+            logprob = torch.zeros(len(batch), device=device).index_add_(0, rows, picked)
+            misses = torch.zeros(len(batch), dtype=torch.long, device=device).index_add_(0, rows, missed)
+            weakest = torch.zeros(len(batch), device=device).scatter_reduce_(0, rows, picked, "amin",
+                                                                            include_self=False)
+            results.update({position: LabelScore(float(logprob[row]), int(count[row]),
+                                                 bool(count[row] > 0 and misses[row] == 0), float(weakest[row]))
+                            for row, position in enumerate(chosen)})
+    return [results[position] for position in range(len(sequences))]
 
 
 def score_probe(model, tokenizer, template: PromptTemplate, records: Sequence[Record],

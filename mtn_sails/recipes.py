@@ -398,7 +398,9 @@ def session_record(config: TrainConfig, plan: TrainingPlan, data: SessionData, s
         eval_loss=outcome.eval_loss, eval_perplexity=outcome.eval_perplexity(),
         held_out_loss=measured.held_out_loss, held_out_perplexity=perplexity(measured.held_out_loss),
         duration_s=round(time.time() - started, 1), device=outcome.device, precision=outcome.precision,
-        world_size=outcome.world_size, replay=config.replay, interpolation_alpha=outcome.interpolation_alpha,
+        world_size=outcome.world_size, replay=config.replay,
+        replay_weight=config.replay_weight if config.replay > 0 else None,
+        interpolation_alpha=outcome.interpolation_alpha,
         seed=config.seed, versions=_versions(),
         forgetting=measured.forgetting, loss_curve=outcome.loss_curve, probe_count=measured.probe.count,
         recall=measured.probe.recall, answer_logprob=measured.probe.answer_logprob)

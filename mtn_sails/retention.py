@@ -54,7 +54,7 @@ def uniform_choice(sessions: Sequence[int], count: int, rng: random.Random) -> l
 def targeted_choice(scores: dict[int, float], sessions: Sequence[int], count: int, rng: random.Random,
                     focus: float = TARGETED_SHARE) -> list[int]:
     """`count` pool positions, an equal share from each earlier session; within a session `focus` of its
-    share goes to its lowest-scored records (mean log-probability per answer token), the rest is drawn
+    share goes to its lowest-scored records (weakest_logprobs), the rest is drawn
     uniformly from the others. Scores are compared within a session only: plain text always scores lower
     than answers, and would take every place otherwise."""
     chosen: list[int] = []
@@ -126,7 +126,7 @@ class ReplayPlan:
 def make_sampler(plan: ReplayPlan, new_count: int, pool_sessions: Sequence[int],
                  score: Callable[[list[int]], list[float]]) -> ReplaySampler | None:
     """The session's replay sampler (None without a pool or budget); `score(positions)` gives the current
-    model's mean answer log-probability of those pool examples.
+    model's score of those pool examples (weakest_logprobs: lower is closer to lost).
 
     Targeted replay keeps a table of scores: all of them at the first epoch (up to MAX_SCORED), then at each
     epoch those replayed in the last one and REFRESHED_PER_EPOCH others at random, so scoring costs a few
@@ -157,13 +157,17 @@ def make_sampler(plan: ReplayPlan, new_count: int, pool_sessions: Sequence[int],
     return ReplaySampler(new_count, per_epoch, choose, plan.seed)
 
 
-def mean_logprobs(model, examples: Sequence[dict[str, Any]], pad_id: int, batch_size: int = 32) -> list[float]:
-    """Mean log-probability per label token of each tokenised example (input_ids, labels), teacher-forced."""
+def weakest_logprobs(model, examples: Sequence[dict[str, Any]], pad_id: int, batch_size: int = 32) -> list[float]:
+    """The log-probability of each tokenised example's (input_ids, labels) least likely label token, teacher-forced.
+
+    Greedy recall fails at the first answer token the model no longer ranks first, so the weakest token says
+    how close a record is to being lost; a mean over a long answer hides one weak token among easy ones
+    (BENCHMARKS.md, "Forgetting and replay": 17 of 20 hardest-run facts kept against 12 with the mean)."""
     from .probe import label_scores
 
     scored = label_scores(model, [e["input_ids"] for e in examples], [e["labels"] for e in examples], pad_id,
                           batch_size)
-    return [score.logprob / score.count if score.count else 0.0 for score in scored]
+    return [score.weakest for score in scored]
 
 
 def distillation_positions(labels, attention_mask, replayed, where: str):
@@ -276,6 +280,7 @@ class Retention:
     teacher: Any = None  # the frozen start model, for distillation
     distill_weight: float = 0.0
     distill_on: str = "replayed"  # distillation_positions: answers | replayed | all
+    replay_weight: float = 1.0  # a replayed row's token losses, against a new row's
 
 
 @dataclass
@@ -305,7 +310,7 @@ def prepare_retention(config, model, tokenizer, template, pool: dict[int, list],
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
     def score(positions: list[int]) -> list[float]:
-        return mean_logprobs(model, [examples[p] for p in positions], pad_id)
+        return weakest_logprobs(model, [examples[p] for p in positions], pad_id)
 
     plan = ReplayPlan(config.replay, config.replay_select, config.replay_draw, config.seed)
     sampler = make_sampler(plan, new_count, sessions, score) if examples else None
@@ -318,7 +323,7 @@ def prepare_retention(config, model, tokenizer, template, pool: dict[int, list],
     start_weights = weights_copy(start) if interpolating else None
     teacher = start if distilling else None
     return SessionRetention(examples if sampler else [], Retention(sampler, teacher, config.distill_weight,
-                                                                   config.distill_on),
+                                                                   config.distill_on, config.replay_weight),
                             start_weights, frozen, sampler.per_epoch if sampler else 0)
 
 

@@ -110,6 +110,7 @@ class SessionRecord(_JsonRecord):
     precision: str | None = None
     world_size: int | None = None
     replay: float | None = None
+    replay_weight: float | None = None  # a replayed example's loss weight against a new one's
     interpolation_alpha: float | None = None  # --interpolate: the weight of the trained model (1 - it: the start)
     seed: int | None = None
     versions: dict[str, str] | None = None

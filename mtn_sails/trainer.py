@@ -5,6 +5,7 @@ Imported only by the commands that train, so `--help` and `validate` never load 
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import sys
@@ -21,6 +22,7 @@ from .config import FP16_NEEDS_CUDA
 from .console import say
 from .data import Record
 from .errors import InputError
+from .output_layer import head_on_positions, label_positions, length_sorted_batches
 from .retention import Retention, distillation_loss, distillation_positions
 from .template import PromptTemplate
 from .tokenized import IGNORE_INDEX, REPLAYED, TokenizedData, tokenize_records
@@ -31,6 +33,9 @@ warnings.filterwarnings("ignore", message="mtime may not be reliable")
 # The same function as one fused kernel: GPT-2's gelu_new is the tanh approximation written as five Python
 # ops. Logits agree within 2e-6; a training step is 1.17x faster (BENCHMARKS.md "Training speed").
 FUSED_ACTIVATIONS = {"gelu_new": "gelu_pytorch_tanh"}
+# bf16 autocast on a CPU with native bf16 pays from distilgpt2's width: a whole session 1.50x faster at 768 wide,
+# a step 1.06x at 256 (BENCHMARKS.md "Whole-session speed"); narrower models keep fp32's arithmetic.
+BF16_CPU_MIN_WIDTH = 512
 
 
 def perplexity(loss: float | None) -> float | None:
@@ -117,13 +122,15 @@ def use_fused_activation(config) -> bool:
     return changed
 
 
-def precision_for(device: str, requested: str = "auto") -> str:
-    """The precision a session trains in: as requested, or for auto bf16/fp16 on CUDA and fp32 on the CPU."""
+def precision_for(device: str, requested: str = "auto", width: int | None = None) -> str:
+    """The precision a session trains in: as requested, or for auto bf16/fp16 on CUDA, bf16 on a CPU with
+    native bf16 for a model at least BF16_CPU_MIN_WIDTH wide (`width`: its hidden size), fp32 otherwise."""
     on_cuda = device != "cpu" and torch.cuda.is_available()
     if requested == "auto":
-        if not on_cuda:
-            return "fp32"
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        if on_cuda:
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        wide = width is not None and width >= BF16_CPU_MIN_WIDTH
+        return "bf16" if wide and cpu_has_native_bf16() else "fp32"
     if requested == "fp16" and not on_cuda:
         raise InputError(FP16_NEEDS_CUDA)  # --device auto on a machine without CUDA
     if requested == "bf16" and on_cuda and not torch.cuda.is_bf16_supported():
@@ -139,11 +146,12 @@ def cpu_has_native_bf16() -> bool:
     return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
 
 
-def training_arguments(settings: TrainSettings, has_eval: bool, packed: bool, show_progress: bool):
-    """The HF TrainingArguments of a session."""
+def training_arguments(settings: TrainSettings, has_eval: bool, packed: bool, show_progress: bool,
+                       width: int | None = None):
+    """The HF TrainingArguments of a session (`width`: the model's hidden size, for --precision auto)."""
     if settings.device == "cuda" and not torch.cuda.is_available():
         raise InputError("--device cuda was asked for but no CUDA device is available")
-    precision = precision_for(settings.device, settings.precision)
+    precision = precision_for(settings.device, settings.precision, width)
     # TrainingArguments leaves its choice in ACCELERATE_MIXED_PRECISION and reads it back, so one bf16 session
     # made every later session of the process bf16 too (the Python API runs several); the session's own decides.
     os.environ["ACCELERATE_MIXED_PRECISION"] = precision if precision in ("bf16", "fp16") else "no"
@@ -194,36 +202,24 @@ class EpochReport(TrainerCallback):
             say(f"   epoch {epoch:.2f}: eval loss {logs['eval_loss']:.4f}")
 
 
-def label_positions(labels) -> Any:
-    """(batch, length) bool: the positions whose next token is a label (not IGNORE_INDEX)."""
-    mask = torch.zeros_like(labels, dtype=torch.bool)
-    mask[:, :-1] = labels[:, 1:] != IGNORE_INDEX
-    return mask
+def causal_loss(outputs, labels, num_items_in_batch=None, *, positions, on_positions: bool, weights=None):
+    """The causal-LM cross-entropy at `positions` (label_positions of `labels`), each token's times its entry
+    in `weights` if given, summed then divided as the Trainer asks; `on_positions`: the logits were computed
+    at those positions only (head_on_positions), else at every position."""
+    targets = labels[:, 1:][positions[:, :-1]]  # in the order head_on_positions keeps them
+    logits = (outputs.logits if on_positions else outputs.logits[positions]).float()
+    losses = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
+    if weights is not None:
+        losses = losses * weights
+    return losses.sum() / num_items_in_batch if num_items_in_batch is not None else losses.mean()
 
 
-@contextlib.contextmanager
-def head_on_positions(model, mask):
-    """For the block, the model's output layer reads only the hidden states at `mask` (batch, length), so
-    its logits are (positions, vocabulary); any other input passes through."""
-    def keep(module, args):
-        hidden = args[0]
-        return (hidden[mask],) + tuple(args[1:]) if hidden.dim() == 3 and hidden.shape[:2] == mask.shape else None
-
-    handle = model.get_output_embeddings().register_forward_pre_hook(keep)
-    try:
-        yield
-    finally:
-        handle.remove()
-
-
-def loss_on_label_positions(outputs, labels, num_items_in_batch=None):
-    """Cross-entropy of logits computed at the label positions only (head_on_positions): the model's
-    own causal-LM loss, summed over the batch's label tokens then divided as the Trainer asks."""
-    targets = labels[:, 1:][label_positions(labels)[:, :-1]]  # in the order head_on_positions keeps them
-    logits = outputs.logits.float()
-    if num_items_in_batch is None:
-        return torch.nn.functional.cross_entropy(logits, targets)
-    return torch.nn.functional.cross_entropy(logits, targets, reduction="sum") / num_items_in_batch
+def replay_token_weights(labels, replayed, weight: float):
+    """Per label token (label_positions order): `weight` in replayed rows, 1 elsewhere; None when all are 1."""
+    if replayed is None or weight == 1.0 or not replayed.any():
+        return None
+    rows = label_positions(labels).nonzero()[:, 0]
+    return torch.where(replayed.bool()[rows], weight, 1.0).to(torch.float32)
 
 
 class SailsTrainer(Trainer):
@@ -239,27 +235,37 @@ class SailsTrainer(Trainer):
     def _get_train_sampler(self, train_dataset=None):
         return self.retention.sampler or super()._get_train_sampler(train_dataset)
 
-    def _loss_at_label_positions(self, model, inputs, return_outputs, num_items_in_batch):
-        """The Trainer's own loss path, with the output layer on the label positions only."""
-        self.compute_loss_func = loss_on_label_positions  # the Trainer pops the labels and passes them to it
+    def _causal_loss(self, model, inputs, num_items_in_batch, on_labels: bool, weights):
+        """(loss, outputs) by the Trainer's own loss path; with `on_labels` the output layer runs on the label
+        positions only, and with `weights` (replay_token_weights) each label token's loss is weighted."""
+        if not on_labels and weights is None:
+            return super().compute_loss(model, inputs, True, num_items_in_batch)
+        positions = label_positions(inputs["labels"])
+        # the Trainer pops the labels and passes them to compute_loss_func
+        self.compute_loss_func = functools.partial(causal_loss, positions=positions, on_positions=on_labels,
+                                                   weights=weights)
+        head = head_on_positions(self.accelerator.unwrap_model(model), positions) if on_labels \
+            else contextlib.nullcontext()
         try:
-            with head_on_positions(self.accelerator.unwrap_model(model), label_positions(inputs["labels"])):
-                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            with head:
+                return super().compute_loss(model, inputs, True, num_items_in_batch)
         finally:
             self.compute_loss_func = None
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         replayed = inputs.pop(REPLAYED, None)
         retention = self.retention
-        if retention.teacher is None or not retention.distill_weight or "labels" not in inputs:
-            if self.logits_on_labels and "labels" in inputs:
-                return self._loss_at_label_positions(model, inputs, return_outputs, num_items_in_batch)
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        labels = inputs.get("labels")  # kept: the weighted loss path pops it from inputs
+        labelled = labels is not None
+        distilling = retention.teacher is not None and bool(retention.distill_weight) and labelled
+        weights = replay_token_weights(labels, replayed, retention.replay_weight) if labelled else None
+        loss, outputs = self._causal_loss(model, inputs, num_items_in_batch,
+                                          self.logits_on_labels and labelled and not distilling, weights)
+        if not distilling:
+            return (loss, outputs) if return_outputs else loss
         if replayed is None:  # no replay pool this session: every row is new
             replayed = torch.zeros(len(inputs["input_ids"]), dtype=torch.long, device=inputs["input_ids"].device)
-
-        loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
-        positions = distillation_positions(inputs["labels"], inputs["attention_mask"], replayed, retention.distill_on)
+        positions = distillation_positions(labels, inputs["attention_mask"], replayed, retention.distill_on)
         rows = positions.any(dim=1)
         if rows.any():  # the start model reads only the rows it has something to say about
             with torch.no_grad():
@@ -276,7 +282,8 @@ def run_training(model, tokenizer, data: TokenizedData, settings: TrainSettings,
                  resume_from: str | None = None, retention: Retention | None = None) -> tuple[Any, TrainOutcome]:
     """Train with the HF Trainer; returns (trainer, outcome). The caller saves the model."""
     show_progress = sys.stderr.isatty()
-    args, precision = training_arguments(settings, data.eval is not None, data.packed, show_progress)
+    args, precision = training_arguments(settings, data.eval is not None, data.packed, show_progress,
+                                         getattr(model.config, "hidden_size", None))
     padded = not data.packed or REPLAYED in data.train.column_names  # replayed pairs beside packed blocks
     collator = PaddingCollator(tokenizer.pad_token_id) if padded else default_data_collator
     train_dataset = data.train.remove_columns(["length"]) if data.packed else data.train
@@ -320,14 +327,13 @@ def evaluate_records(model, tokenizer, records: list[Record], template: PromptTe
     model.eval()
     total_loss, total_tokens = 0.0, 0
     with torch.no_grad():
-        for start in range(0, len(examples), batch_size):
-            batch = {k: v.to(device) for k, v in collator(examples[start:start + batch_size]).items()}
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            shifted_labels = batch["labels"][:, 1:]
-            losses = torch.nn.functional.cross_entropy(
-                logits[:, :-1].float().reshape(-1, logits.size(-1)), shifted_labels.reshape(-1),
-                ignore_index=IGNORE_INDEX, reduction="sum")
-            total_loss += losses.item()
-            total_tokens += int((shifted_labels != IGNORE_INDEX).sum())
+        for chosen in length_sorted_batches([len(e["input_ids"]) for e in examples], batch_size):
+            batch = {k: v.to(device) for k, v in collator([examples[i] for i in chosen]).items()}
+            positions = label_positions(batch["labels"])
+            with head_on_positions(model, positions):
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            targets = batch["labels"][:, 1:][positions[:, :-1]]
+            total_loss += torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum").item()
+            total_tokens += len(targets)
     model.train(was_training)
     return total_loss / total_tokens if total_tokens else None

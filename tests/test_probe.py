@@ -133,3 +133,27 @@ def test_no_answer_records_score_none(tiny_model_dir):
     model, tokenizer = loaded(tiny_model_dir)
     text = Record(index=0, kind="text", shape="text", text="only text")
     assert score_probe(model, tokenizer, PromptTemplate(), [text]) == ProbeScore(None, None, 0)
+
+
+def test_scores_at_label_positions_equal_those_from_every_position_of_the_model(memorised):
+    import torch
+
+    from mtn_sails.probe import label_scores
+
+    model_dir, records = memorised
+    model, tokenizer = loaded(model_dir)
+    mixed = with_wrong_answers(records)
+    items = probe_items(tokenizer, PromptTemplate.load(model_dir), mixed[:4] + mixed[len(records):len(records) + 4])
+    scores = label_scores(model, [i.prompt_ids + i.answer_ids for i in items],
+                          [[-100] * len(i.prompt_ids) + i.answer_ids for i in items], tokenizer.eos_token_id)
+    for item, score in zip(items, scores):
+        with torch.no_grad():  # one sequence, the output layer on every position
+            logits = model(input_ids=torch.tensor([item.prompt_ids + item.answer_ids])).logits[0, :-1]
+        start = len(item.prompt_ids) - 1
+        logprobs = torch.log_softmax(logits[start:], dim=-1)
+        picked = logprobs.gather(-1, torch.tensor(item.answer_ids)[:, None]).squeeze(-1)
+        assert score.count == len(item.answer_ids)
+        assert score.logprob == pytest.approx(float(picked.sum()), abs=1e-4)
+        assert score.weakest == pytest.approx(float(picked.min()), abs=1e-4)
+        assert score.greedy == bool((logits[start:].argmax(-1) == torch.tensor(item.answer_ids)).all())
+    assert len({score.greedy for score in scores}) == 2  # answered and missed ones both checked

@@ -122,12 +122,12 @@ def test_targeted_replay_draws_the_records_the_model_gets_wrong(half_known):
 
     model, tokenizer, records = half_known
     examples = tokenize_records(records, tokenizer, PromptTemplate(), 64)
-    scores = retention.mean_logprobs(model, examples, tokenizer.pad_token_id)
+    scores = retention.weakest_logprobs(model, examples, tokenizer.pad_token_id)
     assert min(scores[:6]) > max(scores[6:])  # the trained half is the well-answered half
 
     sessions = [1] * len(records)
     sampler = make_sampler(ReplayPlan(4 / 24, "targeted", "epoch", seed=0), 24, sessions,
-                           score=lambda positions: retention.mean_logprobs(model, [examples[p] for p in positions],
+                           score=lambda positions: retention.weakest_logprobs(model, [examples[p] for p in positions],
                                                                            tokenizer.pad_token_id))
     list(sampler)
     [drawn] = sampler.drawn
@@ -181,6 +181,30 @@ def test_distillation_adds_the_kl_to_the_start_model_where_asked(tiny_model_dir)
         assert kl > 0
         assert loss.item() == pytest.approx(base.item() + 2.0 * kl.item(), rel=1e-5)
         assert no_replayed_rows.item() == pytest.approx(base.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("on_labels", [True, False])
+def test_replayed_rows_weigh_replay_weight_times_a_new_row_in_the_loss(tiny_model_dir, on_labels):
+    from transformers import AutoModelForCausalLM, TrainingArguments
+
+    from mtn_sails.trainer import Retention, SailsTrainer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    batch = {"input_ids": torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]]),
+             "attention_mask": torch.ones(2, 4, dtype=torch.long),
+             "labels": torch.tensor([[-100, -100, 7, 8], [-100, 10, 11, 12]])}
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"]).logits[:, :-1]
+        token_losses = torch.nn.functional.cross_entropy(logits.transpose(1, 2), batch["labels"][:, 1:],
+                                                         reduction="none")  # 0 where the label is -100
+    new_row, replayed_row = token_losses.sum(dim=1).tolist()
+    args = TrainingArguments(output_dir="unused", report_to="none", use_cpu=True)
+    trainer = SailsTrainer(model=model, args=args, retention=Retention(replay_weight=4.0), logits_on_labels=on_labels)
+    with torch.no_grad():
+        weighted = trainer.compute_loss(model, {**batch, "replayed": torch.tensor([0, 1])})
+        all_new = trainer.compute_loss(model, {**batch, "replayed": torch.tensor([0, 0])})
+    assert weighted.item() == pytest.approx((new_row + 4.0 * replayed_row) / 5, rel=1e-5)  # 5 label tokens
+    assert all_new.item() == pytest.approx((new_row + replayed_row) / 5, rel=1e-5)
 
 
 def test_blocks_are_found_by_structure_in_every_family():

@@ -185,6 +185,17 @@ def test_precision_on_the_cpu_is_fp32_unless_bf16_is_asked_for_and_fp16_is_refus
         precision_for("cpu", "fp16")
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_on_the_cpu_is_bf16_only_for_wide_models_on_a_cpu_with_native_bf16(monkeypatch, native):
+    from mtn_sails import trainer
+
+    monkeypatch.setattr(trainer, "cpu_has_native_bf16", lambda: native)
+    assert trainer.precision_for("cpu", "auto", width=768) == ("bf16" if native else "fp32")  # distilgpt2
+    assert trainer.precision_for("cpu", "auto", width=256) == "fp32"  # --scratch-size small: bf16 gains nothing
+    assert trainer.precision_for("cpu", "auto") == "fp32"
+    assert trainer.precision_for("cpu", "fp32", width=768) == "fp32"  # the opt-out
+
+
 def test_replay_pool_rows_follow_the_new_ones_and_are_marked():
     from datasets import Dataset
 
