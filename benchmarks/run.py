@@ -36,6 +36,7 @@ BENCHMARKS: dict[str, tuple[list[str], list[str], int]] = {
     "validate_speed": (["--records", "20000"], [], 120),
     "tokenize_scale": (["--quick"], [], 150),
     "train_speed": (["--quick"], [], 300),
+    "session_speed": (["--quick"], [], 120),
     "cpu_threads": (["--quick"], [], 150),
     "scratch_lr": (["--quick", "--epochs", "1"], [], 150),
     "forgetting": (["--quick", "--size", "tiny", "--epochs", "10", "--pretrain-epochs", "1",

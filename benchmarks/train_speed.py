@@ -413,7 +413,8 @@ def sails_arm(setup: Setup, rows, name: str, steps: int, lever: str = "",
                              gradient_accumulation_steps=1, seed=args.seed,
                              checkpoint_dir=setup.work / name.replace("/", "-").replace("+", "-"),
                              save_steps=NO_CHECKPOINTS, device="cpu",
-                             precision="bf16" if lever == "bf16" else "auto", group_by_length=not sequential,
+                             # fp32 like the recipe (auto would pick bf16 on a native-bf16 CPU): bf16 is its own lever
+                             precision="bf16" if lever == "bf16" else "fp32", group_by_length=not sequential,
                              logits_on_labels=lever != "full-logits")
     config = copy.deepcopy(setup.model.config)
     if lever != "unfused":

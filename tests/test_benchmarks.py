@@ -1,4 +1,5 @@
-"""The benchmark scripts keep running: train_speed.py and cpu_threads.py in their smallest forms, run.py's bookkeeping."""
+"""The benchmark scripts keep running: train_speed.py, session_speed.py and cpu_threads.py in their smallest forms,
+run.py's bookkeeping."""
 from __future__ import annotations
 
 import importlib.util
@@ -44,6 +45,23 @@ def test_train_speed_smallest_form_writes_its_figures(tmp_path):
 
 
 @pytest.mark.slow
+def test_session_speed_quick_form_times_whole_processes_of_both_programs(tmp_path):
+    out = tmp_path / "session_speed.json"
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "session_speed.py"), "--quick", "--levers",
+                           "--json-out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    [round_] = report["rounds"]
+    assert set(round_) - {"order", "load_average"} == {"recipe", "sails", "sails+fp32", "sails+bf16"}
+    assert round_["sails+fp32"]["precision"] == "fp32" and round_["sails+bf16"]["precision"] == "bf16"
+    assert round_["sails"]["precision"] == "fp32"  # the quick form's 64-wide model: auto keeps fp32
+    for arm in ("recipe", "sails"):
+        assert round_[arm]["process_s"] > 0 and round_[arm]["peak_rss_mb"] > 0 and round_[arm]["train_loss"] > 0
+    assert 0 < round_["sails"]["session_s"] < round_["sails"]["process_s"]  # the rest is start-up and exit
+    assert set(report["recipe_over"]) == {"sails", "sails+fp32", "sails+bf16"}
+
+
+@pytest.mark.slow
 def test_cpu_threads_smallest_form_times_every_setting_in_its_own_process(tmp_path):
     out = tmp_path / "cpu_threads.json"
     done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "cpu_threads.py"), "--model-shape", "small",
@@ -66,7 +84,7 @@ def test_run_flattens_figures_and_lists_every_script():
     run.flatten({"a": {"b": 1.5, "ok": True, "name": "x"}, "rows": [{"loss": 2}], "machine": {"nproc": 2}},
                 "bench", figures)
     assert figures == {"bench.a.b": 1.5, "bench.a.ok": True, "bench.rows.0.loss": 2}
-    scripts = {p.stem for p in (REPO / "benchmarks").glob("*.py")
-               if 'if __name__ == "__main__":' in p.read_text(encoding="utf-8")} - {"run"}
+    scripts = {p.stem for p in (REPO / "benchmarks").glob("*.py") if not p.stem.startswith("_")  # helpers
+               and 'if __name__ == "__main__":' in p.read_text(encoding="utf-8")} - {"run"}
     assert set(run.discover()) == scripts
     assert {"train_speed", "tokenize_scale", "cpu_threads"} <= scripts

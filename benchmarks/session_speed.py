@@ -1,0 +1,197 @@
+"""Whole-session speed as a user waits for it: `python main.py train` against the tutorial recipe, whole processes.
+
+    python benchmarks/session_speed.py --json-out benchmarks/results/session_speed.json   # 48 records, 3 rounds
+    python benchmarks/session_speed.py --records 999 --rounds 1 --arms recipe sails       # the full Alpaca demo
+    python benchmarks/session_speed.py --quick                                            # tiny shape, ~1 minute
+
+Both programs start from one model directory: distilgpt2's shape (6 blocks, 768 wide, 1,024 positions,
+gelu_new as its config has it) with random weights, and GPT-2's own 50,257-token tokenizer
+(benchmarks/gpt2_vocab.py), saved as safetensors. The data is the first --records records of
+tests/data/alpaca_en_demo.json. Arms, each one whole process from start to exit:
+
+  recipe       benchmarks/_recipe_session.py: pad to --max-length, LM collator, Trainer defaults, save
+  sails        `python main.py train --model-name MODEL --max-length --batch-size --epochs` with every
+               other option at its default: what a user runs (held-out split, evaluation, probe, history,
+               charts, model card and the final save included)
+  sails+fp32   the same with `--precision fp32`, beside `sails` when the default picks bf16 (--levers)
+  sails+bf16   the same with `--precision bf16` (--levers)
+
+Every round runs each arm once, the arm that starts rotating between rounds; the headline is the median
+over rounds of the recipe's seconds over sails's, the best round beside it. Each arm also reports its
+training loss (the Trainer's mean over the session's steps: bf16 against fp32 on the same records), its
+peak resident memory, and for sails the seconds the session itself reports (training_history.json's duration_s),
+so the rest is process start-up (imports, model load) and exit.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from machine import machine, write_json  # noqa: E402
+
+PAIRS_FILE = REPO / "tests" / "data" / "alpaca_en_demo.json"
+SHAPES = {"distilgpt2": dict(n_layer=6, n_embd=768, n_head=12), "tiny": dict(n_layer=2, n_embd=64, n_head=4)}
+N_POSITIONS = 1024
+LEVERS = {"sails+fp32": ["--precision", "fp32"], "sails+bf16": ["--precision", "bf16"]}
+GOAL_SMALL_FILE = 2.5  # issue 20: the whole process on a small file, median of 3 rounds
+
+
+def build_model(work: Path, shape: str, tokenizer_kind: str, seed: int) -> Path:
+    """The model directory both programs start from: `shape` with random weights and its tokenizer."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    model_dir = work / "model"
+    if tokenizer_kind == "gpt2":
+        from gpt2_vocab import gpt2_tokenizer
+
+        tokenizer = gpt2_tokenizer()
+    else:
+        from mtn_sails.data import load_records
+        from mtn_sails.scratch import train_tokenizer
+        from mtn_sails.template import PromptTemplate
+
+        template = PromptTemplate()
+        tokenizer = train_tokenizer((s.text for r in load_records(PAIRS_FILE) for s in template.render(r)), 2000)
+    torch.manual_seed(seed)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_positions=N_POSITIONS, **SHAPES[shape],
+                                       activation_function="gelu_new", bos_token_id=tokenizer.eos_token_id,
+                                       eos_token_id=tokenizer.eos_token_id))
+    model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    return model_dir
+
+
+def data_file(work: Path, records: int) -> Path:
+    """The first `records` records of the Alpaca demo, as a file of their own."""
+    path = work / f"alpaca_{records}.json"
+    path.write_text(json.dumps(json.loads(PAIRS_FILE.read_text(encoding="utf-8"))[:records], indent=1),
+                    encoding="utf-8")
+    return path
+
+
+def arm_command(arm: str, model_dir: Path, data: Path, output: Path, args) -> list[str]:
+    """The command line of one arm."""
+    shared = ["--max-length", str(args.max_length), "--batch-size", str(args.batch_size), "--epochs", str(args.epochs)]
+    if arm == "recipe":
+        return [sys.executable, str(REPO / "benchmarks" / "_recipe_session.py"), str(model_dir), str(data),
+                str(output), *shared]
+    return [sys.executable, str(REPO / "main.py"), "train", "--data-file", str(data), "--model-name", str(model_dir),
+            "--output-dir", str(output), *shared, *LEVERS.get(arm, [])]
+
+
+def run_arm(arm: str, command: list[str], output: Path) -> dict:
+    """Run one arm as its own process: wall seconds, peak memory, its loss and (sails) the session's own seconds."""
+    shutil.rmtree(output, ignore_errors=True)
+    started = time.perf_counter()
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    printed = process.stdout.read()
+    _, status, usage = os.wait4(process.pid, 0)
+    wall = time.perf_counter() - started
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        raise RuntimeError(f"{arm} exited {process.returncode}:\n{printed[-3000:]}")
+    result = {"process_s": round(wall, 2), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
+    if arm == "recipe":
+        found = re.search(r"'train_runtime': '?([\d.]+)'?.*'train_loss': '?([\d.]+)'?", printed)
+        result.update({"train_runtime_s": float(found.group(1)), "train_loss": float(found.group(2))} if found else {})
+    else:
+        from mtn_sails.history import HISTORY_FILE
+
+        entry = json.loads((output / HISTORY_FILE).read_text())["sessions"][-1]
+        result.update({"session_s": entry["duration_s"], "train_loss": entry["train_loss"],
+                       "precision": entry["precision"], "steps": entry["steps"]})
+    return result
+
+
+def round_ratios(rounds: list[dict], arms: list[str]) -> dict[str, dict]:
+    """Per sails arm: the recipe's process seconds over the arm's, median and best over rounds."""
+    ratios = {}
+    for arm in arms:
+        if arm == "recipe" or "recipe" not in arms:
+            continue
+        per_round = [r["recipe"]["process_s"] / r[arm]["process_s"] for r in rounds]
+        ratios[arm] = {"median": round(statistics.median(per_round), 2), "best": round(max(per_round), 2),
+                       "rounds": [round(x, 2) for x in per_round]}
+    return ratios
+
+
+def run(args) -> dict:
+    """Build the start model and the data file, then the rounds."""
+    work = Path(args.work_dir)
+    model_dir = build_model(work, args.model_shape, args.tokenizer, args.seed)
+    data = data_file(work, args.records)
+    rounds = []
+    for number in range(args.rounds):
+        order = args.arms[number % len(args.arms):] + args.arms[:number % len(args.arms)]
+        load_before = os.getloadavg()
+        found = {}
+        for arm in order:
+            found[arm] = run_arm(arm, arm_command(arm, model_dir, data, work / f"out-{arm}", args), work / f"out-{arm}")
+            print(f"round {number + 1} {arm}: {found[arm]}", flush=True)
+        rounds.append({**found, "order": order, "load_average": [list(load_before), list(os.getloadavg())]})
+    ratios = round_ratios(rounds, args.arms)
+    medians = {arm: {key: round(statistics.median(r[arm][key] for r in rounds), 2)
+                     for key in rounds[0][arm] if isinstance(rounds[0][arm][key], (int, float))}
+               for arm in args.arms}
+    return {"rounds": rounds, "median": medians, "recipe_over": ratios,
+            "model": {"shape": args.model_shape, **SHAPES[args.model_shape], "n_positions": N_POSITIONS,
+                      "tokenizer": args.tokenizer}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the rounds and print the medians."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     epilog=__doc__.split("\n\n", 1)[1].split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--records", type=int, default=48, help="the first N Alpaca demo records (999: all)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--arms", nargs="+", default=None, choices=["recipe", "sails", *LEVERS],
+                        help="default: recipe and sails, and with --levers every sails+ arm")
+    parser.add_argument("--levers", action="store_true", help="also sails with --precision fp32 and bf16")
+    parser.add_argument("--model-shape", choices=sorted(SHAPES), default="distilgpt2")
+    parser.add_argument("--tokenizer", choices=["gpt2", "trained"], default="gpt2",
+                        help="GPT-2's own 50,257 tokens, or a 2,000-token BPE trained on the data (--quick)")
+    parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--epochs", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--quick", action="store_true", help="tiny shape, trained tokenizer, 16 records, 1 round")
+    parser.add_argument("--work-dir", help="where the model, data and outputs go (default: a temporary directory)")
+    parser.add_argument("--json-out", help="also write the figures to this JSON file")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.model_shape, args.tokenizer, args.records, args.rounds, args.max_length = "tiny", "trained", 16, 1, 128
+    args.arms = args.arms or ["recipe", "sails", *(LEVERS if args.levers else [])]
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="mtn-sails-session-speed-") as scratch:
+        args.work_dir = args.work_dir or scratch
+        Path(args.work_dir).mkdir(parents=True, exist_ok=True)
+        result = run(args)
+    result.update({"date": datetime.date.today().isoformat(), "machine": machine(),
+                   "settings": {k: v for k, v in vars(args).items() if k not in ("json_out", "work_dir")},
+                   "wall_s": round(time.perf_counter() - started, 1)})
+    for arm, ratio in result["recipe_over"].items():
+        print(f"recipe / {arm}: median {ratio['median']}x (rounds {ratio['rounds']}, best {ratio['best']}x)")
+    print(json.dumps(result["median"], indent=1))
+    write_json(args.json_out, result)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
