@@ -42,10 +42,8 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from machine import machine, write_json  # noqa: E402
+from train_speed import N_POSITIONS, PAIRS_FILE, SHAPES  # noqa: E402
 
-PAIRS_FILE = REPO / "tests" / "data" / "alpaca_en_demo.json"
-SHAPES = {"distilgpt2": dict(n_layer=6, n_embd=768, n_head=12), "tiny": dict(n_layer=2, n_embd=64, n_head=4)}
-N_POSITIONS = 1024
 LEVERS = {"sails+fp32": ["--precision", "fp32"], "sails+bf16": ["--precision", "bf16"]}
 GOAL_SMALL_FILE = 2.5  # issue 20: the whole process on a small file, median of 3 rounds
 
@@ -101,11 +99,11 @@ def run_arm(arm: str, command: list[str], output: Path) -> dict:
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
     printed = process.stdout.read()
-    _, status, usage = os.wait4(process.pid, 0)
+    _, status, usage = os.wait4(process.pid, 0)  # wait4: the child's own peak memory
     wall = time.perf_counter() - started
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode != 0:
-        raise RuntimeError(f"{arm} exited {process.returncode}:\n{printed[-3000:]}")
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        raise RuntimeError(f"{arm} exited {code}:\n{printed[-3000:]}")
     result = {"process_s": round(wall, 2), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
     if arm == "recipe":
         found = re.search(r"'train_runtime': '?([\d.]+)'?.*'train_loss': '?([\d.]+)'?", printed)

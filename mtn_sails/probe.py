@@ -154,8 +154,7 @@ def label_scores(model, sequences: Sequence[Sequence[int]], labels: Sequence[Seq
             picked = torch.log_softmax(logits, dim=-1).gather(-1, target.unsqueeze(-1)).squeeze(-1)
             missed = (logits.argmax(dim=-1) != target).long()
             rows = positions.nonzero()[:, 0]
-            count = torch.zeros(len(batch), dtype=torch.long, device=device).index_add_(0, rows,
-                                                                                       torch.ones_like(rows))
+            count = positions.sum(dim=1)
             logprob = torch.zeros(len(batch), device=device).index_add_(0, rows, picked)
             misses = torch.zeros(len(batch), dtype=torch.long, device=device).index_add_(0, rows, missed)
             weakest = torch.zeros(len(batch), device=device).scatter_reduce_(0, rows, picked, "amin",

@@ -214,11 +214,12 @@ def causal_loss(outputs, labels, num_items_in_batch=None, *, positions, on_posit
     return losses.sum() / num_items_in_batch if num_items_in_batch is not None else losses.mean()
 
 
-def replay_token_weights(labels, replayed, weight: float):
-    """Per label token (label_positions order): `weight` in replayed rows, 1 elsewhere; None when all are 1."""
+def replay_token_weights(positions, replayed, weight: float):
+    """Per label token (`positions`: label_positions, in their order): `weight` in replayed rows, 1 elsewhere;
+    None when all are 1."""
     if replayed is None or weight == 1.0 or not replayed.any():
         return None
-    rows = label_positions(labels).nonzero()[:, 0]
+    rows = positions.nonzero()[:, 0]
     return torch.where(replayed.bool()[rows], weight, 1.0).to(torch.float32)
 
 
@@ -235,12 +236,11 @@ class SailsTrainer(Trainer):
     def _get_train_sampler(self, train_dataset=None):
         return self.retention.sampler or super()._get_train_sampler(train_dataset)
 
-    def _causal_loss(self, model, inputs, num_items_in_batch, on_labels: bool, weights):
+    def _causal_loss(self, model, inputs, num_items_in_batch, positions, on_labels: bool, weights):
         """(loss, outputs) by the Trainer's own loss path; with `on_labels` the output layer runs on the label
-        positions only, and with `weights` (replay_token_weights) each label token's loss is weighted."""
+        `positions` only, and with `weights` (replay_token_weights) each label token's loss is weighted."""
         if not on_labels and weights is None:
             return super().compute_loss(model, inputs, True, num_items_in_batch)
-        positions = label_positions(inputs["labels"])
         # the Trainer pops the labels and passes them to compute_loss_func
         self.compute_loss_func = functools.partial(causal_loss, positions=positions, on_positions=on_labels,
                                                    weights=weights)
@@ -258,8 +258,9 @@ class SailsTrainer(Trainer):
         labels = inputs.get("labels")  # kept: the weighted loss path pops it from inputs
         labelled = labels is not None
         distilling = retention.teacher is not None and bool(retention.distill_weight) and labelled
-        weights = replay_token_weights(labels, replayed, retention.replay_weight) if labelled else None
-        loss, outputs = self._causal_loss(model, inputs, num_items_in_batch,
+        positions = label_positions(labels) if labelled else None
+        weights = replay_token_weights(positions, replayed, retention.replay_weight) if labelled else None
+        loss, outputs = self._causal_loss(model, inputs, num_items_in_batch, positions,
                                           self.logits_on_labels and labelled and not distilling, weights)
         if not distilling:
             return (loss, outputs) if return_outputs else loss
