@@ -15,12 +15,21 @@ tests/data/alpaca_en_demo.json. Arms, each one whole process from start to exit:
                charts, model card and the final save included)
   sails+fp32   the same with `--precision fp32`, beside `sails` when the default picks bf16 (--levers)
   sails+bf16   the same with `--precision bf16` (--levers)
+  sails+padded the same with `--pad-examples`: one padded row per example, as before a batch's examples
+               shared rows (--levers)
 
 Every round runs each arm once, the arm that starts rotating between rounds; the headline is the median
 over rounds of the recipe's seconds over sails's, the best round beside it. Each arm also reports its
 training loss (the Trainer's mean over the session's steps: bf16 against fp32 on the same records), its
 peak resident memory, and for sails the seconds the session itself reports (training_history.json's duration_s),
 so the rest is process start-up (imports, model load) and exit.
+
+MFU of the whole process: the training FLOPs of the tokens an arm learns from, over its process seconds,
+against the best fp32 `torch.matmul` FLOP/s measured in the same run (train_speed.matmul_peak_flops, after
+the rounds). A token costs 6 x non-embedding parameters + 6 x vocabulary x width (the output layer) +
+12 x layers x width x its example's length (attention); the recipe learns from every record, sails from
+the 90% it trains on after its held-out split, both counted by mtn_sails's own tokenisation. Padding,
+evaluation, the probe, saving and start-up are all in the seconds and none in the FLOPs.
 """
 from __future__ import annotations
 
@@ -44,7 +53,8 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from machine import machine, write_json  # noqa: E402
 from train_speed import N_POSITIONS, PAIRS_FILE, SHAPES  # noqa: E402
 
-LEVERS = {"sails+fp32": ["--precision", "fp32"], "sails+bf16": ["--precision", "bf16"]}
+LEVERS = {"sails+fp32": ["--precision", "fp32"], "sails+bf16": ["--precision", "bf16"],
+          "sails+padded": ["--pad-examples"]}
 GOAL_SMALL_FILE = 2.5  # issue 20: the whole process on a small file, median of 3 rounds
 
 
@@ -117,6 +127,46 @@ def run_arm(arm: str, command: list[str], output: Path) -> dict:
     return result
 
 
+def learned_tokens(model_dir: Path, data: Path, args) -> dict[str, list[int]]:
+    """Per arm, the length of every example it trains on (the recipe: all records; sails: its training split)."""
+    from transformers import AutoTokenizer
+
+    from mtn_sails.config import TrainConfig
+    from mtn_sails.data import file_sha256
+    from mtn_sails.template import PromptTemplate
+    from mtn_sails.tokenized import records_dataset, split_dataset, tokenize
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    defaults = TrainConfig(data_file=str(data))
+    rows = records_dataset(data, file_sha256(data))
+    train_rows, _held_out = split_dataset(rows, defaults.eval_split, defaults.seed)
+    lengths = {kind: list(tokenize(chosen, None, tokenizer, PromptTemplate(), args.max_length).train["length"])
+               for kind, chosen in (("recipe", rows), ("sails", train_rows))}
+    return lengths
+
+
+def whole_process_mfu(model_dir: Path, data: Path, medians: dict, args) -> dict:
+    """Per arm: the training FLOPs of the tokens it learns from over its median process seconds, against the
+    measured fp32 matmul peak."""
+    from transformers import AutoModelForCausalLM
+
+    from train_speed import matmul_peak_flops
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    width, layers, vocab = model.config.n_embd, model.config.n_layer, model.config.vocab_size
+    embeddings = model.transformer.wte.weight.numel() + model.transformer.wpe.weight.numel()
+    non_embedding = sum(p.numel() for p in model.parameters()) - embeddings
+    lengths = learned_tokens(model_dir, data, args)
+    peak = matmul_peak_flops((512, 1024) if args.model_shape == "tiny" else (2048, 4096))
+    report = {"peak_fp32_matmul_gflops": round(peak / 1e9, 1), "non_embedding_params": non_embedding}
+    for arm, seconds in ((arm, found["process_s"]) for arm, found in medians.items()):
+        examples = lengths["recipe" if arm == "recipe" else "sails"]
+        flops = sum(n * (6 * non_embedding + 6 * vocab * width) + 12 * layers * width * n * n for n in examples)
+        report[arm] = {"tokens": sum(examples), "examples": len(examples), "train_tflops": round(flops / 1e12, 2),
+                       "mfu": round(flops / seconds / peak, 4)}
+    return report
+
+
 def round_ratios(rounds: list[dict], arms: list[str]) -> dict[str, dict]:
     """Per sails arm: the recipe's process seconds over the arm's, median and best over rounds."""
     ratios = {}
@@ -147,7 +197,8 @@ def run(args) -> dict:
     medians = {arm: {key: round(statistics.median(r[arm][key] for r in rounds), 2)
                      for key in rounds[0][arm] if isinstance(rounds[0][arm][key], (int, float))}
                for arm in args.arms}
-    return {"rounds": rounds, "median": medians, "recipe_over": ratios,
+    mfu = whole_process_mfu(model_dir, data, medians, args)
+    return {"rounds": rounds, "median": medians, "recipe_over": ratios, "whole_process_mfu": mfu,
             "model": {"shape": args.model_shape, **SHAPES[args.model_shape], "n_positions": N_POSITIONS,
                       "tokenizer": args.tokenizer}}
 
@@ -161,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--arms", nargs="+", default=None, choices=["recipe", "sails", *LEVERS],
                         help="default: recipe and sails, and with --levers every sails+ arm")
-    parser.add_argument("--levers", action="store_true", help="also sails with --precision fp32 and bf16")
+    parser.add_argument("--levers", action="store_true",
+                        help="also sails with --precision fp32, bf16 and --pad-examples")
     parser.add_argument("--model-shape", choices=sorted(SHAPES), default="distilgpt2")
     parser.add_argument("--tokenizer", choices=["gpt2", "trained"], default="gpt2",
                         help="GPT-2's own 50,257 tokens, or a 2,000-token BPE trained on the data (--quick)")
@@ -187,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     for arm, ratio in result["recipe_over"].items():
         print(f"recipe / {arm}: median {ratio['median']}x (rounds {ratio['rounds']}, best {ratio['best']}x)")
     print(json.dumps(result["median"], indent=1))
+    print(f"whole-process MFU (peak {result['whole_process_mfu']['peak_fp32_matmul_gflops']} GFLOP/s): "
+          + ", ".join(f"{arm} {result['whole_process_mfu'][arm]['mfu']:.1%}" for arm in args.arms))
     write_json(args.json_out, result)
     return 0
 
