@@ -26,7 +26,8 @@ best round beside it; the load average is recorded at each round's ends.
   pairs/plain  tests/data/alpaca_en_demo.json rendered with the product's template, tokenised with
                padding="max_length", truncation=True, max_length=512; DataCollatorForLanguageModeling(mlm=False);
                Trainer defaults (random sampler, no group_by_length): what tutorials teach
-  pairs/sails  `tokenized.tokenize` + `trainer.run_training` (dynamic padding, group_by_length), the model's
+  pairs/sails  `tokenized.tokenize` + `trainer.run_training` (group_by_length, a batch's examples sharing
+               rows as long as its longest; before 2026-12-01 one padded row each), the model's
                config through `trainer.use_fused_activation` as a session loads it (gelu_new -> gelu_pytorch_tanh)
   text/plain   tests/data/c4_demo.jsonl, the same padded recipe (long documents truncated)
   text/sails   the same text through `tokenize` + `run_training`: packed into full blocks of 512
@@ -41,7 +42,8 @@ same 90%. The arms of one comparison run in lockstep: each arm's Trainer runs in
 baton passed at every `on_step_end` lets exactly one of them compute at a time, so arm A's step k and
 arm B's step k see the same machine load (this box is shared). An arm's time is the Trainer's own
 `train_runtime` minus the time it waited for the other arms' turns; start-up (tokenising, Trainer init)
-is reported apart. Real tokens are those with attention_mask 1 (all of them in packed blocks), counted
+is reported apart. Real tokens are those with attention_mask 1 (all of them in packed blocks; in rows of
+examples sharing rows all but the pad segment that ends a row), counted
 by a forward pre-hook. MFU = (6 * non-embedding parameters + 12 * n_layer * n_embd * seq) * real
 tokens/s / peak, seq = the padded length of the batches (token-weighted mean), against two peaks: the
 measured one, the best fp32 `torch.matmul` FLOP/s of large square matrices in the same run (before,
@@ -273,7 +275,12 @@ def _instrumented_trainer_class(Trainer):
             stats: ArmStats = _current.stats
             input_ids = kwargs["input_ids"]
             mask = kwargs.get("attention_mask")
-            real = int(mask.sum()) if mask is not None else input_ids.numel()
+            if mask is not None:
+                real = int(mask.sum())
+            elif kwargs.get("position_ids") is not None:  # examples sharing rows: all but each row's pad segment
+                real = input_ids.numel() - row_end_padding(input_ids, kwargs["position_ids"], module.config.pad_token_id)
+            else:  # packed blocks
+                real = input_ids.numel()
             stats.real_tokens += real
             stats.padded_tokens += input_ids.numel()
             stats.seq_weighted += real * input_ids.shape[1]
@@ -292,6 +299,17 @@ def _instrumented_trainer_class(Trainer):
             return output
 
     return InstrumentedTrainer
+
+
+def row_end_padding(input_ids, position_ids, pad_token_id: int) -> int:
+    """Tokens of the padding segment that ends a row of shared examples (trainer.RowSharingCollator): the last
+    segment (positions restarting at 0) when it is pad tokens only."""
+    padding = 0
+    for ids, positions in zip(input_ids.tolist(), position_ids.tolist()):
+        start = max(i for i, position in enumerate(positions) if position == 0)
+        if start > 0 and all(token == pad_token_id for token in ids[start:]):
+            padding += len(ids) - start
+    return padding
 
 
 def share_malloc_arena() -> None:

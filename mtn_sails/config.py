@@ -130,6 +130,10 @@ class TrainConfig:
                                default=16.0)
     gradient_checkpointing: bool = option("recompute activations in the backward pass instead of keeping them: "
                                           "less memory, slower steps (BENCHMARKS.md)", default=False)
+    pad_examples: bool = option("give every pair or chat example a row of its own, padded to its batch's longest; "
+                                "by default a batch's shorter examples share rows (each keeps its own positions and "
+                                "attention) where the model family allows it: GPT-2, Llama, Qwen2, GPT-NeoX",
+                                default=False)
 
     def __post_init__(self) -> None:
         _require(self.epochs > 0, f"--epochs must be positive, got {self.epochs}")

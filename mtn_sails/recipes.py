@@ -327,7 +327,7 @@ def train_session(config: TrainConfig, plan: TrainingPlan, data: SessionData, st
                              config.gradient_accumulation_steps, config.seed, work / "checkpoints",
                              checkpoint_interval(config.save_steps, config.epochs, steps), config.device,
                              precision=config.precision, lr_schedule=config.lr_schedule,
-                             warmup_ratio=config.warmup_ratio)
+                             warmup_ratio=config.warmup_ratio, share_rows=not config.pad_examples)
     trainer, outcome = run_training(start.model, start.tokenizer, tokens, settings, resume_from=checkpoint,
                                     retention=kit.training)
     replayed = sum(len(drawn) for drawn in kit.training.sampler.drawn) if kit.training.sampler else 0

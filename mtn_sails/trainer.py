@@ -12,7 +12,7 @@ import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments, default_data_collator
@@ -73,6 +73,59 @@ class PaddingCollator:
         return {key: torch.tensor(value, dtype=torch.long) for key, value in batch.items()}
 
 
+# Model types whose causal mask follows restarting position_ids when no attention mask is given (transformers'
+# create_causal_mask reads them as packed sequences): the examples of a batch can share rows.
+ROW_SHARING_MODELS = ("gpt2", "llama", "qwen2", "gpt_neox")
+
+
+def shared_rows(lengths: Sequence[int]) -> list[list[int]]:
+    """Positions grouped into rows no longer than the longest length (first fit, longest first)."""
+    capacity = max(lengths)
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for position in sorted(range(len(lengths)), key=lambda p: -lengths[p]):
+        row = next((r for r, free in enumerate(room) if lengths[position] <= free), None)
+        if row is None:
+            rows.append([])
+            room.append(capacity)
+            row = len(rows) - 1
+        rows[row].append(position)
+        room[row] -= lengths[position]
+    return rows
+
+
+@dataclass
+class RowSharingCollator:
+    """Packs a batch's examples into as few rows as hold its longest (shared_rows), padding-free but for each
+    row's end: every example's position_ids restart at 0, so with no attention mask the model attends only
+    inside each example; its first label is ignored (the token before it belongs to another example), as the
+    shifted loss of a row of its own never scores it. The replay flag is per token. (SailsTrainer runs such
+    batches without a key/value cache, whose presence makes transformers ignore the restarting positions.)
+    """
+
+    pad_token_id: int
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        lengths = [len(f["input_ids"]) for f in features]
+        width = max(lengths)
+        batch: dict[str, list] = {"input_ids": [], "labels": [], "position_ids": [], REPLAYED: []}
+        for row in shared_rows(lengths):
+            values: dict[str, list] = {key: [] for key in batch}
+            for position in row:
+                feature, length = features[position], lengths[position]
+                values["input_ids"] += feature["input_ids"]
+                values["labels"] += [IGNORE_INDEX, *feature["labels"][1:]]
+                values["position_ids"] += range(length)
+                values[REPLAYED] += [feature.get(REPLAYED, 0)] * length
+            padding = width - len(values["input_ids"])  # the row's end: a segment of its own, scored nowhere
+            for key, filler in (("input_ids", [self.pad_token_id] * padding), ("labels", [IGNORE_INDEX] * padding),
+                                ("position_ids", range(padding)), (REPLAYED, [0] * padding)):
+                batch[key].append(values[key] + list(filler))
+        if REPLAYED not in features[0]:
+            del batch[REPLAYED]
+        return {key: torch.tensor(value, dtype=torch.long) for key, value in batch.items()}
+
+
 @dataclass(frozen=True)
 class TrainSettings:
     """Trainer hyper-parameters of one session."""
@@ -90,6 +143,7 @@ class TrainSettings:
     lr_schedule: str = "linear"  # a transformers scheduler name
     warmup_ratio: float = 0.0
     logits_on_labels: bool = True  # the output layer only where a token is predicted (see SailsTrainer)
+    share_rows: bool = True  # a batch's pair and chat examples share rows where the model allows (RowSharingCollator)
 
 
 @dataclass(frozen=True)
@@ -215,12 +269,14 @@ def causal_loss(outputs, labels, num_items_in_batch=None, *, positions, on_posit
 
 
 def replay_token_weights(positions, replayed, weight: float):
-    """Per label token (`positions`: label_positions, in their order): `weight` in replayed rows, 1 elsewhere;
-    None when all are 1."""
+    """Per label token (`positions`: label_positions, in their order): `weight` on replayed examples, 1
+    elsewhere; `replayed` flags rows (batch,) or, when examples share rows, tokens (batch, length). None when
+    all are 1."""
     if replayed is None or weight == 1.0 or not replayed.any():
         return None
-    rows = positions.nonzero()[:, 0]
-    return torch.where(replayed.bool()[rows], weight, 1.0).to(torch.float32)
+    flags = replayed.bool()
+    per_label = flags[positions] if flags.dim() == 2 else flags[positions.nonzero()[:, 0]]
+    return torch.where(per_label, weight, 1.0).to(torch.float32)
 
 
 class SailsTrainer(Trainer):
@@ -254,6 +310,8 @@ class SailsTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         replayed = inputs.pop(REPLAYED, None)
+        if "position_ids" in inputs:  # shared rows: with a cache object, transformers ignores restarting positions
+            inputs["use_cache"] = False
         retention = self.retention
         labels = inputs.get("labels")  # kept: the weighted loss path pops it from inputs
         labelled = labels is not None
@@ -279,14 +337,26 @@ class SailsTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
 
+def example_collator(model, pad_token_id: int, data: TokenizedData, settings: TrainSettings,
+                     retention: Retention | None):
+    """How a batch becomes tensors: packed text blocks as they are; pairs and chats sharing rows where the model
+    reads restarting positions as separate examples and no distillation reads whole rows; else padded rows."""
+    if data.packed and REPLAYED not in data.train.column_names:
+        return default_data_collator
+    distilling = retention is not None and retention.teacher is not None
+    if (settings.share_rows and not data.packed and not distilling
+            and getattr(model.config, "model_type", None) in ROW_SHARING_MODELS):
+        return RowSharingCollator(pad_token_id)
+    return PaddingCollator(pad_token_id)  # also replayed pairs beside packed blocks
+
+
 def run_training(model, tokenizer, data: TokenizedData, settings: TrainSettings,
                  resume_from: str | None = None, retention: Retention | None = None) -> tuple[Any, TrainOutcome]:
     """Train with the HF Trainer; returns (trainer, outcome). The caller saves the model."""
     show_progress = sys.stderr.isatty()
     args, precision = training_arguments(settings, data.eval is not None, data.packed, show_progress,
                                          getattr(model.config, "hidden_size", None))
-    padded = not data.packed or REPLAYED in data.train.column_names  # replayed pairs beside packed blocks
-    collator = PaddingCollator(tokenizer.pad_token_id) if padded else default_data_collator
+    collator = example_collator(model, tokenizer.pad_token_id, data, settings, retention)
     train_dataset = data.train.remove_columns(["length"]) if data.packed else data.train
     eval_dataset = data.eval.remove_columns(["length"]) if data.packed and data.eval is not None else data.eval
     trainer = SailsTrainer(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,

@@ -251,6 +251,27 @@ def test_a_bf16_first_session_follows_the_fp32_loss_curve(tiny_model_dir, qa_fil
     assert max(gaps) < BF16_LOSS_TOLERANCE, gaps
 
 
+def test_examples_sharing_rows_learn_what_padded_rows_learn(tiny_model_dir, qa_file, tmp_path):
+    """The default (a batch's examples share rows) against --pad-examples: the same loss curve and held-out loss
+    (dropout off: its random draws follow the tensors' shapes, which differ between the layouts)."""
+    sessions = {}
+    for layout, extra in (("shared", ()), ("padded", ("--pad-examples",))):
+        output = tmp_path / layout
+        shutil.copytree(tiny_model_dir, output)
+        config = json.loads((output / "config.json").read_text())
+        config.update(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+        (output / "config.json").write_text(json.dumps(config))
+        assert main(train_args(qa_file, output, "--device", "cpu", "--precision", "fp32", "--epochs", "6",
+                               "--learning-rate", "3e-3", "--quiet", *extra)) == 0
+        sessions[layout] = load_history(output)[-1]
+    curves = {layout: [point["loss"] for point in session["loss_curve"] if "loss" in point]
+              for layout, session in sessions.items()}
+    assert curves["padded"][-1] < 0.8 * curves["padded"][0]  # it learned: the curves compared are a descent
+    assert curves["shared"] == pytest.approx(curves["padded"], rel=1e-4)
+    assert sessions["shared"]["eval_loss"] == pytest.approx(sessions["padded"]["eval_loss"], rel=1e-4)
+    assert sessions["shared"]["steps"] == sessions["padded"]["steps"]
+
+
 def test_a_bf16_session_leaves_the_next_session_of_the_process_in_fp32(tiny_model_copy, qa_file, monkeypatch):
     import mtn_sails.trainer as trainer_module
 

@@ -9,7 +9,8 @@ from mtn_sails.errors import InputError
 from mtn_sails.template import PromptTemplate, Segment
 from mtn_sails.tokenized import (IGNORE_INDEX, block_size_for, iter_records, pack_blocks, records_dataset,
                                  records_to_dataset, split_dataset, token_ids, tokenize, tokenize_segments)
-from mtn_sails.trainer import PaddingCollator, use_fused_activation
+from mtn_sails.trainer import (ROW_SHARING_MODELS, PaddingCollator, RowSharingCollator, shared_rows,
+                               use_fused_activation)
 
 EOS = 0
 
@@ -240,5 +241,65 @@ def test_output_layer_on_label_positions_gives_the_models_own_loss_and_gradients
     assert outputs.logits.shape == (labelled, model.config.vocab_size)  # the output layer ran on those only
     assert losses[1] == pytest.approx(losses[0], rel=1e-5)
     assert gradients[0].keys() == gradients[1].keys()
+    for name, gradient in gradients[0].items():
+        torch.testing.assert_close(gradients[1][name], gradient, rtol=1e-4, atol=1e-6)
+
+
+def test_shared_rows_hold_every_example_once_in_rows_no_longer_than_the_longest():
+    lengths = [5, 3, 2, 4, 1, 5]
+    rows = shared_rows(lengths)
+    assert sorted(p for row in rows for p in row) == list(range(len(lengths)))
+    assert all(sum(lengths[p] for p in row) <= 5 for row in rows)
+    assert len(rows) == 4  # 20 tokens in rows of 5: none left over, against 6 padded rows
+
+
+def test_row_sharing_collator_restarts_positions_and_ignores_each_examples_first_label():
+    from mtn_sails.tokenized import REPLAYED
+
+    batch = RowSharingCollator(pad_token_id=9)([
+        {"input_ids": [1, 2, 3, 4], "labels": [IGNORE_INDEX, 2, 3, 4], REPLAYED: 0, "length": 4},
+        {"input_ids": [5, 6], "labels": [5, 6], REPLAYED: 1, "length": 2},
+        {"input_ids": [7], "labels": [IGNORE_INDEX], REPLAYED: 0, "length": 1}])
+    assert batch["input_ids"].tolist() == [[1, 2, 3, 4], [5, 6, 7, 9]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 3], [0, 1, 0, 0]]  # the row's end is a segment too
+    assert batch["labels"].tolist() == [[IGNORE_INDEX, 2, 3, 4], [IGNORE_INDEX, 6, IGNORE_INDEX, IGNORE_INDEX]]
+    assert batch[REPLAYED].tolist() == [[0, 0, 0, 0], [1, 1, 0, 0]]
+    assert "attention_mask" not in batch  # the model builds the per-example mask from the positions
+
+
+@pytest.mark.parametrize("family", ROW_SHARING_MODELS)
+def test_shared_rows_give_the_padded_batchs_loss_and_gradients_in_every_family(family, tmp_path):
+    """Several examples in one row, the replayed ones weighted: the loss of one row per example, for each
+    family whose mask follows restarting positions (absolute positions for GPT-2, rotary for the others)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
+
+    from conftest import QA_PAIRS
+    from model_families import save_base
+    from mtn_sails.retention import Retention
+    from mtn_sails.tokenized import REPLAYED, tokenize_records
+    from mtn_sails.trainer import SailsTrainer
+
+    directory = save_base(family, tmp_path / family)
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    records = [Record(index=i, kind="pair", shape="question/answer", prompt=q, response=a * (1 + i % 3))
+               for i, (q, a) in enumerate(QA_PAIRS[:8])]
+    examples = [{**example, REPLAYED: i % 2} for i, example in
+                enumerate(tokenize_records(records, tokenizer, PromptTemplate(), 128))]
+    padded, shared = PaddingCollator(pad)(examples), RowSharingCollator(pad)(examples)
+    assert len(shared["input_ids"]) < len(examples)  # rows were shared
+    model = AutoModelForCausalLM.from_pretrained(directory)
+    trainer = SailsTrainer(model=model, args=TrainingArguments(output_dir=str(tmp_path / "run"), use_cpu=True,
+                                                               report_to="none"),
+                           retention=Retention(replay_weight=4.0))
+    losses, gradients = [], []
+    for batch in (padded, shared):
+        count = batch["labels"].ne(IGNORE_INDEX).sum()  # as the Trainer counts num_items_in_batch
+        model.zero_grad()
+        loss = trainer.compute_loss(model, dict(batch), num_items_in_batch=count)
+        loss.backward()
+        losses.append(float(loss.detach()))
+        gradients.append({name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None})
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5)
     for name, gradient in gradients[0].items():
         torch.testing.assert_close(gradients[1][name], gradient, rtol=1e-4, atol=1e-6)
