@@ -94,7 +94,8 @@ def run_arm(shape_name: str, arm: str, steps: int, batch_size: int, max_length: 
     from mtn_sails.lora import parameter_counts, wrap_lora
     from mtn_sails.template import PromptTemplate, bos_text
     from mtn_sails.tokenized import records_to_dataset, tokenize
-    from mtn_sails.trainer import PaddingCollator, TrainSettings, training_arguments
+    from mtn_sails.collators import PaddingCollator
+    from mtn_sails.trainer import TrainSettings, training_arguments
 
     model, tokenizer = build_model(shape_name)
     if "checkpointing" in arm:

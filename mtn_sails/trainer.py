@@ -1,4 +1,4 @@
-"""The HF Trainer wrapper: pad batches, train, evaluate (tokenising lives in tokenized.py).
+"""The HF Trainer wrapper: train, evaluate (tokenising lives in tokenized.py, batching in collators.py).
 
 Imported only by the commands that train, so `--help` and `validate` never load torch.
 """
@@ -12,12 +12,13 @@ import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
-from transformers import Trainer, TrainerCallback, TrainingArguments, default_data_collator
+from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
+from .collators import PaddingCollator, example_collator
 from .config import FP16_NEEDS_CUDA
 from .console import say
 from .data import Record
@@ -25,7 +26,7 @@ from .errors import InputError
 from .output_layer import head_on_positions, label_positions, length_sorted_batches
 from .retention import Retention, distillation_loss, distillation_positions
 from .template import PromptTemplate
-from .tokenized import IGNORE_INDEX, REPLAYED, TokenizedData, tokenize_records
+from .tokenized import REPLAYED, TokenizedData, tokenize_records
 
 # Checkpoint rotation on filesystems with coarse mtimes; the Trainer falls back to step numbers, which is right.
 warnings.filterwarnings("ignore", message="mtime may not be reliable")
@@ -48,84 +49,6 @@ def perplexity(loss: float | None) -> float | None:
         return float("inf")
 
 
-@dataclass
-class PaddingCollator:
-    """Pads a batch to its longest example: input_ids with pad, labels with IGNORE_INDEX (no fixed length).
-
-    Other keys (the `length` column used for grouping) are dropped.
-    """
-
-    pad_token_id: int
-    pad_to_multiple_of: int = 1
-
-    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
-
-        longest = max(len(f["input_ids"]) for f in features)
-        longest = -(-longest // self.pad_to_multiple_of) * self.pad_to_multiple_of
-        batch = {"input_ids": [], "labels": [], "attention_mask": []}
-        for feature in features:
-            padding = longest - len(feature["input_ids"])
-            batch["input_ids"].append(list(feature["input_ids"]) + [self.pad_token_id] * padding)
-            batch["labels"].append(list(feature["labels"]) + [IGNORE_INDEX] * padding)
-            batch["attention_mask"].append([1] * len(feature["input_ids"]) + [0] * padding)
-        if REPLAYED in features[0]:  # which rows come from the replay pool (distillation applies to them)
-            batch[REPLAYED] = [feature[REPLAYED] for feature in features]
-        return {key: torch.tensor(value, dtype=torch.long) for key, value in batch.items()}
-
-
-# Model types whose causal mask follows restarting position_ids when no attention mask is given (transformers'
-# create_causal_mask reads them as packed sequences): the examples of a batch can share rows.
-ROW_SHARING_MODELS = ("gpt2", "llama", "qwen2", "gpt_neox")
-
-
-def shared_rows(lengths: Sequence[int]) -> list[list[int]]:
-    """Positions grouped into rows no longer than the longest length (first fit, longest first)."""
-    capacity = max(lengths)
-    rows: list[list[int]] = []
-    room: list[int] = []
-    for position in sorted(range(len(lengths)), key=lambda p: -lengths[p]):
-        row = next((r for r, free in enumerate(room) if lengths[position] <= free), None)
-        if row is None:
-            rows.append([])
-            room.append(capacity)
-            row = len(rows) - 1
-        rows[row].append(position)
-        room[row] -= lengths[position]
-    return rows
-
-
-@dataclass
-class RowSharingCollator:
-    """Packs a batch's examples into as few rows as hold its longest (shared_rows), padding-free but for each
-    row's end: every example's position_ids restart at 0, so with no attention mask the model attends only
-    inside each example; its first label is ignored (the token before it belongs to another example), as the
-    shifted loss of a row of its own never scores it. The replay flag is per token. (SailsTrainer runs such
-    batches without a key/value cache, whose presence makes transformers ignore the restarting positions.)
-    """
-
-    pad_token_id: int
-
-    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
-        lengths = [len(f["input_ids"]) for f in features]
-        width = max(lengths)
-        batch: dict[str, list] = {"input_ids": [], "labels": [], "position_ids": [], REPLAYED: []}
-        for row in shared_rows(lengths):
-            values: dict[str, list] = {key: [] for key in batch}
-            for position in row:
-                feature, length = features[position], lengths[position]
-                values["input_ids"] += feature["input_ids"]
-                values["labels"] += [IGNORE_INDEX, *feature["labels"][1:]]
-                values["position_ids"] += range(length)
-                values[REPLAYED] += [feature.get(REPLAYED, 0)] * length
-            padding = width - len(values["input_ids"])  # the row's end: a segment of its own, scored nowhere
-            for key, filler in (("input_ids", [self.pad_token_id] * padding), ("labels", [IGNORE_INDEX] * padding),
-                                ("position_ids", range(padding)), (REPLAYED, [0] * padding)):
-                batch[key].append(values[key] + list(filler))
-        if REPLAYED not in features[0]:
-            del batch[REPLAYED]
-        return {key: torch.tensor(value, dtype=torch.long) for key, value in batch.items()}
-
-
 @dataclass(frozen=True)
 class TrainSettings:
     """Trainer hyper-parameters of one session."""
@@ -143,7 +66,7 @@ class TrainSettings:
     lr_schedule: str = "linear"  # a transformers scheduler name
     warmup_ratio: float = 0.0
     logits_on_labels: bool = True  # the output layer only where a token is predicted (see SailsTrainer)
-    share_rows: bool = True  # a batch's pair and chat examples share rows where the model allows (RowSharingCollator)
+    share_rows: bool = True  # a batch's pair and chat examples share rows where the model allows (collators.py)
 
 
 @dataclass(frozen=True)
@@ -337,26 +260,14 @@ class SailsTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
 
-def example_collator(model, pad_token_id: int, data: TokenizedData, settings: TrainSettings,
-                     retention: Retention | None):
-    """How a batch becomes tensors: packed text blocks as they are; pairs and chats sharing rows where the model
-    reads restarting positions as separate examples and no distillation reads whole rows; else padded rows."""
-    if data.packed and REPLAYED not in data.train.column_names:
-        return default_data_collator
-    distilling = retention is not None and retention.teacher is not None
-    if (settings.share_rows and not data.packed and not distilling
-            and getattr(model.config, "model_type", None) in ROW_SHARING_MODELS):
-        return RowSharingCollator(pad_token_id)
-    return PaddingCollator(pad_token_id)  # also replayed pairs beside packed blocks
-
-
 def run_training(model, tokenizer, data: TokenizedData, settings: TrainSettings,
                  resume_from: str | None = None, retention: Retention | None = None) -> tuple[Any, TrainOutcome]:
     """Train with the HF Trainer; returns (trainer, outcome). The caller saves the model."""
     show_progress = sys.stderr.isatty()
     args, precision = training_arguments(settings, data.eval is not None, data.packed, show_progress,
                                          getattr(model.config, "hidden_size", None))
-    collator = example_collator(model, tokenizer.pad_token_id, data, settings, retention)
+    collator = example_collator(model, tokenizer.pad_token_id, data, settings.share_rows,
+                                distilling=retention is not None and retention.teacher is not None)
     train_dataset = data.train.remove_columns(["length"]) if data.packed else data.train
     eval_dataset = data.eval.remove_columns(["length"]) if data.packed and data.eval is not None else data.eval
     trainer = SailsTrainer(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,

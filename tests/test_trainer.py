@@ -7,10 +7,10 @@ import torch
 from mtn_sails.data import Record, Turn
 from mtn_sails.errors import InputError
 from mtn_sails.template import PromptTemplate, Segment
+from mtn_sails.collators import ROW_SHARING_MODELS, PaddingCollator, RowSharingCollator, shared_rows
 from mtn_sails.tokenized import (IGNORE_INDEX, block_size_for, iter_records, pack_blocks, records_dataset,
                                  records_to_dataset, split_dataset, token_ids, tokenize, tokenize_segments)
-from mtn_sails.trainer import (ROW_SHARING_MODELS, PaddingCollator, RowSharingCollator, shared_rows,
-                               use_fused_activation)
+from mtn_sails.trainer import use_fused_activation
 
 EOS = 0
 
