@@ -24,12 +24,14 @@ training loss (the Trainer's mean over the session's steps: bf16 against fp32 on
 peak resident memory, and for sails the seconds the session itself reports (training_history.json's duration_s),
 so the rest is process start-up (imports, model load) and exit.
 
-MFU of the whole process: the training FLOPs of the tokens an arm learns from, over its process seconds,
-against the best fp32 `torch.matmul` FLOP/s measured in the same run (train_speed.matmul_peak_flops, after
-the rounds). A token costs 6 x non-embedding parameters + 6 x vocabulary x width (the output layer) +
-12 x layers x width x its example's length (attention); the recipe learns from every record, sails from
-the 90% it trains on after its held-out split, both counted by mtn_sails's own tokenisation. Padding,
-evaluation, the probe, saving and start-up are all in the seconds and none in the FLOPs.
+MFU of the whole process: the training FLOPs of what an arm learns from, over its process seconds,
+against the best `torch.matmul` FLOP/s of the precision it computed in (fp32, or bf16 where sails picked
+it), measured in the same run after the rounds (train_speed.matmul_peak_flops). A token costs 6 x
+non-embedding parameters + 12 x layers x width x its example's length (attention), and each position
+the loss scores another 6 x vocabulary x width (the output layer): every real token for the recipe,
+whose LM collator scores prompts too, the answer tokens for sails. The recipe learns from every record,
+sails from the 90% it trains on after its held-out split, both counted by mtn_sails's own tokenisation.
+Padding, evaluation, the probe, saving and start-up are all in the seconds and none in the FLOPs.
 """
 from __future__ import annotations
 
@@ -127,27 +129,31 @@ def run_arm(arm: str, command: list[str], output: Path) -> dict:
     return result
 
 
-def learned_tokens(model_dir: Path, data: Path, args) -> dict[str, list[int]]:
-    """Per arm, the length of every example it trains on (the recipe: all records; sails: its training split)."""
+def learned_examples(model_dir: Path, data: Path, args) -> dict[str, list[tuple[int, int]]]:
+    """Per arm, (tokens, positions its loss scores) of every example it trains on (the recipe: all records,
+    every token scored; sails: its training split, the answer tokens scored)."""
     from transformers import AutoTokenizer
 
     from mtn_sails.config import TrainConfig
     from mtn_sails.data import file_sha256
     from mtn_sails.template import PromptTemplate
-    from mtn_sails.tokenized import records_dataset, split_dataset, tokenize
+    from mtn_sails.tokenized import IGNORE_INDEX, records_dataset, split_dataset, tokenize
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     defaults = TrainConfig(data_file=str(data))
     rows = records_dataset(data, file_sha256(data))
     train_rows, _held_out = split_dataset(rows, defaults.eval_split, defaults.seed)
-    lengths = {kind: list(tokenize(chosen, None, tokenizer, PromptTemplate(), args.max_length).train["length"])
-               for kind, chosen in (("recipe", rows), ("sails", train_rows))}
-    return lengths
+    examples = {}
+    for arm, chosen in (("recipe", rows), ("sails", train_rows)):
+        labels = tokenize(chosen, None, tokenizer, PromptTemplate(), args.max_length).train["labels"]
+        examples[arm] = [(len(row), len(row) - 1 if arm == "recipe" else sum(t != IGNORE_INDEX for t in row[1:]))
+                         for row in labels]
+    return examples
 
 
-def whole_process_mfu(model_dir: Path, data: Path, medians: dict, args) -> dict:
-    """Per arm: the training FLOPs of the tokens it learns from over its median process seconds, against the
-    measured fp32 matmul peak."""
+def whole_process_mfu(model_dir: Path, data: Path, rounds: list[dict], args) -> dict:
+    """Per arm: the training FLOPs of what it learns from over its median process seconds, against the matmul
+    peak of the precision it computed in."""
     from transformers import AutoModelForCausalLM
 
     from train_speed import matmul_peak_flops
@@ -156,14 +162,23 @@ def whole_process_mfu(model_dir: Path, data: Path, medians: dict, args) -> dict:
     width, layers, vocab = model.config.n_embd, model.config.n_layer, model.config.vocab_size
     embeddings = model.transformer.wte.weight.numel() + model.transformer.wpe.weight.numel()
     non_embedding = sum(p.numel() for p in model.parameters()) - embeddings
-    lengths = learned_tokens(model_dir, data, args)
-    peak = matmul_peak_flops((512, 1024) if args.model_shape == "tiny" else (2048, 4096))
-    report = {"peak_fp32_matmul_gflops": round(peak / 1e9, 1), "non_embedding_params": non_embedding}
-    for arm, seconds in ((arm, found["process_s"]) for arm, found in medians.items()):
-        examples = lengths["recipe" if arm == "recipe" else "sails"]
-        flops = sum(n * (6 * non_embedding + 6 * vocab * width) + 12 * layers * width * n * n for n in examples)
-        report[arm] = {"tokens": sum(examples), "examples": len(examples), "train_tflops": round(flops / 1e12, 2),
-                       "mfu": round(flops / seconds / peak, 4)}
+    examples = learned_examples(model_dir, data, args)
+    sizes = (512, 1024) if args.model_shape == "tiny" else (2048, 4096)
+    peaks = {"fp32": matmul_peak_flops(sizes), "bf16": matmul_peak_flops(sizes, dtype="bfloat16")}
+    report = {"peak_matmul_gflops": {name: round(peak / 1e9, 1) for name, peak in peaks.items()},
+              "non_embedding_params": non_embedding}
+    for arm in rounds[0]:
+        if not isinstance(rounds[0][arm], dict):
+            continue
+        seconds = statistics.median(r[arm]["process_s"] for r in rounds)
+        precision = rounds[0][arm].get("precision", "fp32")
+        learned = examples["recipe" if arm == "recipe" else "sails"]
+        flops = sum(n * 6 * non_embedding + scored * 6 * vocab * width + 12 * layers * width * n * n
+                    for n, scored in learned)
+        report[arm] = {"tokens": sum(n for n, _ in learned), "scored": sum(s for _, s in learned),
+                       "examples": len(learned), "train_tflops": round(flops / 1e12, 2), "precision": precision,
+                       "mfu": round(flops / seconds / peaks[precision], 4),
+                       "mfu_of_fp32_peak": round(flops / seconds / peaks["fp32"], 4)}
     return report
 
 
@@ -197,7 +212,7 @@ def run(args) -> dict:
     medians = {arm: {key: round(statistics.median(r[arm][key] for r in rounds), 2)
                      for key in rounds[0][arm] if isinstance(rounds[0][arm][key], (int, float))}
                for arm in args.arms}
-    mfu = whole_process_mfu(model_dir, data, medians, args)
+    mfu = whole_process_mfu(model_dir, data, rounds, args)
     return {"rounds": rounds, "median": medians, "recipe_over": ratios, "whole_process_mfu": mfu,
             "model": {"shape": args.model_shape, **SHAPES[args.model_shape], "n_positions": N_POSITIONS,
                       "tokenizer": args.tokenizer}}
@@ -239,8 +254,9 @@ def main(argv: list[str] | None = None) -> int:
     for arm, ratio in result["recipe_over"].items():
         print(f"recipe / {arm}: median {ratio['median']}x (rounds {ratio['rounds']}, best {ratio['best']}x)")
     print(json.dumps(result["median"], indent=1))
-    print(f"whole-process MFU (peak {result['whole_process_mfu']['peak_fp32_matmul_gflops']} GFLOP/s): "
-          + ", ".join(f"{arm} {result['whole_process_mfu'][arm]['mfu']:.1%}" for arm in args.arms))
+    mfu = result["whole_process_mfu"]
+    print(f"whole-process MFU against the matmul peak of each arm's precision ({mfu['peak_matmul_gflops']} GFLOP/s): "
+          + ", ".join(f"{arm} {mfu[arm]['mfu']:.1%} ({mfu[arm]['precision']})" for arm in args.arms))
     write_json(args.json_out, result)
     return 0
 

@@ -146,13 +146,14 @@ def nominal_peak() -> dict:
             "basis": f"{cores} cores x {per_cycle} fp32 FLOPs/cycle ({units}) x {mhz:.0f} MHz (/proc/cpuinfo)"}
 
 
-def matmul_peak_flops(sizes: tuple[int, ...], repeats: int = 3) -> float:
-    """Best fp32 FLOP/s of torch.matmul on square n x n matrices (2 n^3 FLOPs each), over sizes and repeats."""
+def matmul_peak_flops(sizes: tuple[int, ...], repeats: int = 3, dtype: str = "float32") -> float:
+    """Best FLOP/s of torch.matmul on square n x n matrices of `dtype` (2 n^3 FLOPs each), over sizes and
+    repeats."""
     import torch
 
     best = 0.0
     for n in sizes:
-        a, b = torch.randn(n, n), torch.randn(n, n)
+        a, b = torch.randn(n, n, dtype=getattr(torch, dtype)), torch.randn(n, n, dtype=getattr(torch, dtype))
         torch.matmul(a, b)  # warm-up
         for _ in range(repeats):
             started = time.perf_counter()
@@ -302,7 +303,7 @@ def _instrumented_trainer_class(Trainer):
 
 
 def row_end_padding(input_ids, position_ids, pad_token_id: int) -> int:
-    """Tokens of the padding segment that ends a row of shared examples (trainer.RowSharingCollator): the last
+    """Tokens of the padding segment that ends a row of shared examples (collators.RowSharingCollator): the last
     segment (positions restarting at 0) when it is pad tokens only."""
     padding = 0
     for ids, positions in zip(input_ids.tolist(), position_ids.tolist()):

@@ -52,13 +52,17 @@ def test_session_speed_quick_form_times_whole_processes_of_both_programs(tmp_pat
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads(out.read_text())
     [round_] = report["rounds"]
-    assert set(round_) - {"order", "load_average"} == {"recipe", "sails", "sails+fp32", "sails+bf16"}
+    assert set(round_) - {"order", "load_average"} == {"recipe", "sails", "sails+fp32", "sails+bf16", "sails+padded"}
     assert round_["sails+fp32"]["precision"] == "fp32" and round_["sails+bf16"]["precision"] == "bf16"
     assert round_["sails"]["precision"] == "fp32"  # the quick form's 64-wide model: auto keeps fp32
     for arm in ("recipe", "sails"):
         assert round_[arm]["process_s"] > 0 and round_[arm]["peak_rss_mb"] > 0 and round_[arm]["train_loss"] > 0
     assert 0 < round_["sails"]["session_s"] < round_["sails"]["process_s"]  # the rest is start-up and exit
-    assert set(report["recipe_over"]) == {"sails", "sails+fp32", "sails+bf16"}
+    mfu = report["whole_process_mfu"]
+    assert mfu["recipe"]["examples"] == 16 and mfu["sails"]["examples"] < 16  # sails holds some records out
+    assert mfu["sails"]["scored"] < mfu["sails"]["tokens"]  # its loss scores the answers, not the prompts
+    assert all(0 < mfu[arm]["mfu"] < 1 for arm in round_ if arm not in ("order", "load_average"))
+    assert set(report["recipe_over"]) == {"sails", "sails+fp32", "sails+bf16", "sails+padded"}
 
 
 @pytest.mark.slow
