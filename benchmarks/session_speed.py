@@ -156,20 +156,17 @@ def whole_process_mfu(model_dir: Path, data: Path, rounds: list[dict], args) -> 
     peak of the precision it computed in."""
     from transformers import AutoModelForCausalLM
 
-    from train_speed import matmul_peak_flops
+    from train_speed import matmul_peak_flops, non_embedding_params
 
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     width, layers, vocab = model.config.n_embd, model.config.n_layer, model.config.vocab_size
-    embeddings = model.transformer.wte.weight.numel() + model.transformer.wpe.weight.numel()
-    non_embedding = sum(p.numel() for p in model.parameters()) - embeddings
+    non_embedding = non_embedding_params(model)
     examples = learned_examples(model_dir, data, args)
     sizes = (512, 1024) if args.model_shape == "tiny" else (2048, 4096)
     peaks = {"fp32": matmul_peak_flops(sizes), "bf16": matmul_peak_flops(sizes, dtype="bfloat16")}
     report = {"peak_matmul_gflops": {name: round(peak / 1e9, 1) for name, peak in peaks.items()},
               "non_embedding_params": non_embedding}
-    for arm in rounds[0]:
-        if not isinstance(rounds[0][arm], dict):
-            continue
+    for arm in args.arms:
         seconds = statistics.median(r[arm]["process_s"] for r in rounds)
         precision = rounds[0][arm].get("precision", "fp32")
         learned = examples["recipe" if arm == "recipe" else "sails"]

@@ -146,14 +146,21 @@ def nominal_peak() -> dict:
             "basis": f"{cores} cores x {per_cycle} fp32 FLOPs/cycle ({units}) x {mhz:.0f} MHz (/proc/cpuinfo)"}
 
 
+def non_embedding_params(model) -> int:
+    """A GPT-2's parameters outside its token and position embeddings (the 6 N of training FLOPs per token)."""
+    embeddings = model.transformer.wte.weight.numel() + model.transformer.wpe.weight.numel()
+    return sum(p.numel() for p in model.parameters()) - embeddings
+
+
 def matmul_peak_flops(sizes: tuple[int, ...], repeats: int = 3, dtype: str = "float32") -> float:
     """Best FLOP/s of torch.matmul on square n x n matrices of `dtype` (2 n^3 FLOPs each), over sizes and
     repeats."""
     import torch
 
     best = 0.0
+    kind = getattr(torch, dtype)
     for n in sizes:
-        a, b = torch.randn(n, n, dtype=getattr(torch, dtype)), torch.randn(n, n, dtype=getattr(torch, dtype))
+        a, b = torch.randn(n, n, dtype=kind), torch.randn(n, n, dtype=kind)
         torch.matmul(a, b)  # warm-up
         for _ in range(repeats):
             started = time.perf_counter()
@@ -643,13 +650,13 @@ def build_setup(args, work: Path) -> tuple[Setup, dict, dict]:
     model = GPT2LMHeadModel(config)
     model.loss_type = "ForCausalLM"
     total = sum(p.numel() for p in model.parameters())
-    embeddings = model.transformer.wte.weight.numel() + model.transformer.wpe.weight.numel()
+    non_embedding = non_embedding_params(model)
     model_info = {"shape": args.model_shape, **shape, "n_positions": N_POSITIONS, "vocab_size": len(tokenizer),
                   "vocab_target": args.vocab_size if args.tokenizer == "trained" else len(tokenizer),
-                  "n_params": total, "n_params_non_embedding": total - embeddings,
+                  "n_params": total, "n_params_non_embedding": non_embedding,
                   "tokenizer": described, "tokenizer_s": round(tokenizer_s, 2),
                   "attention": model.config._attn_implementation, "activation": model.config.activation_function}
-    flops_shape = {"non_embedding": total - embeddings, "n_layer": shape["n_layer"], "n_embd": shape["n_embd"],
+    flops_shape = {"non_embedding": non_embedding, "n_layer": shape["n_layer"], "n_embd": shape["n_embd"],
                    "vocab": len(tokenizer)}
     return Setup(args, tokenizer, model, template, work), rows, {"model": model_info, "flops_shape": flops_shape}
 

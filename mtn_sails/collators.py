@@ -72,7 +72,8 @@ class RowSharingCollator:
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         lengths = [len(f["input_ids"]) for f in features]
         width = max(lengths)
-        batch: dict[str, list] = {"input_ids": [], "labels": [], "position_ids": [], REPLAYED: []}
+        keys = ["input_ids", "labels", "position_ids"] + ([REPLAYED] if REPLAYED in features[0] else [])
+        batch: dict[str, list] = {key: [] for key in keys}
         for row in shared_rows(lengths):
             values: dict[str, list] = {key: [] for key in batch}
             for position in row:
@@ -80,13 +81,13 @@ class RowSharingCollator:
                 values["input_ids"] += feature["input_ids"]
                 values["labels"] += [IGNORE_INDEX, *feature["labels"][1:]]
                 values["position_ids"] += range(length)
-                values[REPLAYED] += [feature.get(REPLAYED, 0)] * length
+                if REPLAYED in values:
+                    values[REPLAYED] += [feature[REPLAYED]] * length
             padding = width - len(values["input_ids"])  # the row's end: a segment of its own, scored nowhere
-            for key, filler in (("input_ids", [self.pad_token_id] * padding), ("labels", [IGNORE_INDEX] * padding),
-                                ("position_ids", range(padding)), (REPLAYED, [0] * padding)):
-                batch[key].append(values[key] + list(filler))
-        if REPLAYED not in features[0]:
-            del batch[REPLAYED]
+            fillers = {"input_ids": [self.pad_token_id] * padding, "labels": [IGNORE_INDEX] * padding,
+                       "position_ids": range(padding), REPLAYED: [0] * padding}
+            for key in batch:
+                batch[key].append(values[key] + list(fillers[key]))
         return {key: torch.tensor(value, dtype=torch.long) for key, value in batch.items()}
 
 
