@@ -34,8 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForLanguageModeling, Trainer,
                               TrainingArguments)
 
-    from mtn_sails.data import load_records
-    from mtn_sails.template import PromptTemplate
+    from mtn_sails.data.files import load_records
+    from mtn_sails.data.template import PromptTemplate
 
     tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
     tokenizer.pad_token = tokenizer.eos_token

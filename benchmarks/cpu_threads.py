@@ -9,7 +9,7 @@ torch.set_num_threads is per calling thread for OpenMP loops but process-wide fo
 So here every setting (threads, precision, machine load) is a fresh child process that does what a
 session's Trainer step does on the CPU: forward with labels, backward, fused AdamW step, on the same
 random batch of 8 x --seq tokens, in a GPT-2 of the chosen shape whose config went through
-`mtn_sails.trainer.use_fused_activation`, under `torch.autocast("cpu", torch.bfloat16)` for bf16 (what
+`mtn_sails.training.trainer.use_fused_activation`, under `torch.autocast("cpu", torch.bfloat16)` for bf16 (what
 `--precision bf16` makes the Trainer do). The first step is warm-up; the best of the rest counts. Rounds
 interleave the settings so drift hits all of them alike. "busy" rows run while --busy processes spin a
 Python loop each: another job holding a core, as on a shared machine or a laptop in use.
@@ -40,7 +40,7 @@ def child(threads: int, precision: str, shape: str, seq: int, steps: int) -> dic
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from mtn_sails.trainer import use_fused_activation
+    from mtn_sails.training.start_model import use_fused_activation
 
     torch.set_num_threads(threads)
     config = GPT2Config(vocab_size=VOCAB, n_positions=1024, **SHAPES[shape], loss_type="ForCausalLM")
@@ -73,7 +73,7 @@ def run_setting(threads: int, precision: str, args) -> list[float]:
 def run(args) -> dict:
     import torch
 
-    from mtn_sails.trainer import cpu_has_native_bf16
+    from mtn_sails.training.trainer import cpu_has_native_bf16
 
     default_threads = torch.get_num_threads()  # one per physical core: what a session uses
     thread_counts = sorted({1, default_threads}, reverse=True)

@@ -11,9 +11,9 @@ Training arms. Two shapes with random weights (no hub): `distilgpt2` (GPT-2, 6 l
 tokenizer is the test suite's Llama/GPT-2 one trained on the corpus (tests/model_families.py), so
 token ids stay far below the vocabulary; the embedding keeps its full size. Each arm runs in its own
 process (peak memory is the process's own): `full` trains every weight, `lora` rank 8 / alpha 16 on
-every linear layer of the blocks (mtn_sails.lora, what `--method lora` does), each also with
+every linear layer of the blocks (mtn_sails.training.lora, what `--method lora` does), each also with
 `--gradient-checkpointing` (non-reentrant, as recipes.py enables it). Same records
-(tests/data/alpaca_en_demo.json through the product template, `--max-length`), same batches, the
+(tests/fixtures/alpaca_en_demo.json through the product template, `--max-length`), same batches, the
 product's padding collator and length grouping; the first optimizer step is a warm-up and left out;
 tokens/s counts real (unpadded) tokens. Memory: the process's peak RSS, and the training's share of it
 (peak minus the RSS after the model and data were loaded, just before training: gradients, optimizer
@@ -90,19 +90,19 @@ def run_arm(shape_name: str, arm: str, steps: int, batch_size: int, max_length: 
     import torch
     from transformers import Trainer, TrainerCallback
 
-    from mtn_sails.data import load_records
-    from mtn_sails.lora import parameter_counts, wrap_lora
-    from mtn_sails.template import PromptTemplate, bos_text
-    from mtn_sails.tokenized import records_to_dataset, tokenize
-    from mtn_sails.collators import PaddingCollator
-    from mtn_sails.trainer import TrainSettings, training_arguments
+    from mtn_sails.data.files import load_records
+    from mtn_sails.training.lora import parameter_counts, wrap_lora
+    from mtn_sails.data.template import PromptTemplate, bos_text
+    from mtn_sails.training.tokenizing import records_to_dataset, tokenize
+    from mtn_sails.training.collators import PaddingCollator
+    from mtn_sails.training.trainer import TrainSettings, training_arguments
 
     model, tokenizer = build_model(shape_name)
     if "checkpointing" in arm:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if arm.startswith("lora"):
         model = wrap_lora(model, LORA_RANK, LORA_ALPHA)
-    records = list(load_records(REPO / "tests" / "data" / "alpaca_en_demo.json"))[:(steps + 1) * batch_size]
+    records = list(load_records(REPO / "tests" / "fixtures" / "alpaca_en_demo.json"))[:(steps + 1) * batch_size]
     data = tokenize(records_to_dataset(records), None, tokenizer, PromptTemplate(bos=bos_text(tokenizer)), max_length)
     with tempfile.TemporaryDirectory() as checkpoints:
         settings = TrainSettings(learning_rate=1e-4, epochs=1, batch_size=batch_size, gradient_accumulation_steps=1,
@@ -225,11 +225,11 @@ def run_session(shape_name: str, root: Path, records: int, epochs: float, max_le
 
 def generation_speed(trained: str, onnx: str, new_tokens: int, rounds: int) -> dict:
     """Tokens/s of onnxruntime (fp32, int8) and PyTorch on the same prompt, taking turns; median round."""
-    from mtn_sails.decoders import OnnxDecoder, TorchDecoder, load_torch_model
-    from mtn_sails.model_files import load_tokenizer
-    from mtn_sails.onnx_runtime import model_file, onnx_session
-    from mtn_sails.sampling import decode
-    from mtn_sails.template import PromptTemplate
+    from mtn_sails.runtime.decoders import OnnxDecoder, TorchDecoder, load_torch_model
+    from mtn_sails.model_dir.model_files import load_tokenizer
+    from mtn_sails.runtime.onnx_session import model_file, onnx_session
+    from mtn_sails.runtime.decode_loop import decode
+    from mtn_sails.data.template import PromptTemplate
 
     prompt = load_tokenizer(onnx, "--onnx-output").encode(PromptTemplate.load(onnx).prompt(QUESTION))
     decoders = {"onnxruntime": OnnxDecoder(onnx_session(model_file(onnx))),

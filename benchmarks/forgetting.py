@@ -44,7 +44,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from machine import machine, write_json  # noqa: E402
 
-C4 = REPO / "tests" / "data" / "c4_demo.jsonl"
+C4 = REPO / "tests" / "fixtures" / "c4_demo.jsonl"
 GENERAL_TEXT_DOCS = 30  # the last C4 documents: never trained on, the general-text perplexity
 NO_CHECKPOINTS = 10**9  # --save-steps: no resumable checkpoints; one per epoch costs more than the epoch itself
 KEEP_GOAL, KEEP_FLOOR = 0.90, 0.85  # mean over seeds, and every seed
@@ -191,7 +191,7 @@ class PeakMemory:
 
 def session(config, verbose: bool) -> dict:
     """One real training session; its history entry, seconds and added memory."""
-    from mtn_sails.recipes import train
+    from mtn_sails.training.session import train
 
     started, cpu_started = time.perf_counter(), time.process_time()
     with PeakMemory() as memory, (contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())):
@@ -209,9 +209,9 @@ def load(model_dir: Path):
 
 def recall(model, tokenizer, facts: list[dict[str, str]]) -> float:
     """The product's probe recall of `facts` (greedy exact match with the stored template)."""
-    from mtn_sails.data import Record
-    from mtn_sails.probe import score_probe
-    from mtn_sails.template import PromptTemplate
+    from mtn_sails.data.files import Record
+    from mtn_sails.training.probe import score_probe
+    from mtn_sails.data.template import PromptTemplate
 
     records = [Record(index=i, kind="pair", shape="question/answer", prompt=f["question"], response=f["answer"])
                for i, f in enumerate(facts)]
@@ -220,9 +220,10 @@ def recall(model, tokenizer, facts: list[dict[str, str]]) -> float:
 
 def general_perplexity(model, tokenizer, max_length: int) -> float:
     """Perplexity of the last C4 documents (never trained on), as the product evaluates plain text."""
-    from mtn_sails.data import Record
-    from mtn_sails.template import PromptTemplate
-    from mtn_sails.trainer import evaluate_records, perplexity
+    from mtn_sails.data.files import Record
+    from mtn_sails.data.template import PromptTemplate
+    from mtn_sails.training.forgetting import evaluate_records
+    from mtn_sails.training.scoring import perplexity
 
     lines = C4.read_text(encoding="utf-8").splitlines()[-GENERAL_TEXT_DOCS:]
     records = [Record(index=i, kind="text", shape="text", text=json.loads(line)["text"]) for i, line in enumerate(lines)]
@@ -233,11 +234,11 @@ def build_base(work: Path, seed: int, args) -> tuple[Path, dict]:
     """The seed's pre-trained base: a fresh GPT-2 and tokenizer, trained on C4 by the product, history removed."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from mtn_sails import store
+    from mtn_sails.model_dir import store
     from mtn_sails.config import TrainConfig
-    from mtn_sails.history import HISTORY_FILE
-    from mtn_sails.scratch import train_tokenizer
-    from mtn_sails.template import PromptTemplate
+    from mtn_sails.model_dir.history_file import HISTORY_FILE
+    from mtn_sails.training.scratch import train_tokenizer
+    from mtn_sails.data.template import PromptTemplate
 
     base = work / f"base-seed{seed}"
     if (base / "base.json").is_file():

@@ -45,8 +45,8 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from machine import write_json  # noqa: E402
 
 from mtn_sails.config import ExportConfig  # noqa: E402
-from mtn_sails.exporter import export, quiet_exporters  # noqa: E402
-from mtn_sails.generate import (ONNX_FILE, QUANTIZED_ONNX_FILE, OnnxDecoder, TorchDecoder, decode,  # noqa: E402
+from mtn_sails.runtime.export import export, quiet_exporters  # noqa: E402
+from mtn_sails.runtime.generation import (ONNX_FILE, QUANTIZED_ONNX_FILE, OnnxDecoder, TorchDecoder, decode,  # noqa: E402
                                 load_torch_model, onnx_session, physical_cores)
 
 GOAL_RATIO = 1.5  # onnxruntime fp32 tokens/s over PyTorch eager
@@ -162,8 +162,8 @@ def build_model(directory: Path) -> None:
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from mtn_sails.scratch import train_tokenizer
-    from mtn_sails.template import PromptTemplate
+    from mtn_sails.training.scratch import train_tokenizer
+    from mtn_sails.data.template import PromptTemplate
 
     words = "the sails catch the wind and the boat moves over the sea while the crew trims the ropes".split()
     tokenizer = train_tokenizer([" ".join(words[i:] + words[:i]) for i in range(len(words))] * 20, 1000)

@@ -7,7 +7,7 @@
 Random weights predict an almost flat next-token distribution, so int8 rounding flips near-ties and their
 agreement says little about a trained model. This script trains one first: the offline base
 (`--model-name scratch`, `--scratch-size small`: GPT-2 4x256 with a byte-level BPE tokenizer trained on the
-data) on tests/data/alpaca_en_demo.json through the real `train()`, then exports it with the product's
+data) on tests/fixtures/alpaca_en_demo.json through the real `train()`, then exports it with the product's
 exporter (`--quantize`: per-channel int8 weights, parity checked) and runs both ONNX graphs with the
 `generate` decoder on the session's held-out slice (records it never trained on), teacher-forced: at every
 position of every rendered record, fp32's and int8's argmax over the vocabulary. Reported: positions, top-1
@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 from machine import machine, quiet_session, write_json  # noqa: E402
 
-DATA_FILE = REPO / "tests" / "data" / "alpaca_en_demo.json"
+DATA_FILE = REPO / "tests" / "fixtures" / "alpaca_en_demo.json"
 NEAR_TIE = 1.0  # fp32 logit margin between its top-1 and top-2 under which a flip is a coin toss
 GOAL_POSITIONS = 500
 
@@ -104,13 +104,14 @@ def run(args) -> dict:
     """Train (unless --model), export with --quantize, compare; the report as a dict."""
     from transformers import AutoTokenizer
 
-    from mtn_sails import store
+    from mtn_sails.model_dir import store
     from mtn_sails.config import ExportConfig
-    from mtn_sails.decoders import OnnxDecoder
-    from mtn_sails.exporter import export, quiet_exporters
-    from mtn_sails.onnx_runtime import model_file, onnx_session
-    from mtn_sails.template import PromptTemplate
-    from mtn_sails.tokenized import IGNORE_INDEX, tokenize_records
+    from mtn_sails.runtime.decoders import OnnxDecoder
+    from mtn_sails.runtime.export import export, quiet_exporters
+    from mtn_sails.runtime.onnx_session import model_file, onnx_session
+    from mtn_sails.data.template import PromptTemplate
+    from mtn_sails.training.scoring import IGNORE_INDEX
+    from mtn_sails.training.tokenizing import tokenize_records
 
     report: dict = {"machine": {**machine(), "load_average_at_start": list(os.getloadavg()),
                                 "date": datetime.date.today().isoformat()},

@@ -30,8 +30,8 @@ def machine() -> dict:
 
 
 def quiet_session(config, verbose: bool = False) -> dict:
-    """One real training session (mtn_sails.recipes.train); its history entry, its printout only if verbose."""
-    from mtn_sails.recipes import train
+    """One real training session (mtn_sails.training.session.train); its history entry, its printout only if verbose."""
+    from mtn_sails.training.session import train
 
     sink = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
     with sink:

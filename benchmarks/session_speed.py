@@ -7,7 +7,7 @@
 Both programs start from one model directory: distilgpt2's shape (6 blocks, 768 wide, 1,024 positions,
 gelu_new as its config has it) with random weights, and GPT-2's own 50,257-token tokenizer
 (benchmarks/gpt2_vocab.py), saved as safetensors. The data is the first --records records of
-tests/data/alpaca_en_demo.json. Arms, each one whole process from start to exit:
+tests/fixtures/alpaca_en_demo.json. Arms, each one whole process from start to exit:
 
   recipe       benchmarks/_recipe_session.py: pad to --max-length, LM collator, Trainer defaults, save
   sails        `python main.py train --model-name MODEL --max-length --batch-size --epochs` with every
@@ -71,9 +71,9 @@ def build_model(work: Path, shape: str, tokenizer_kind: str, seed: int) -> Path:
 
         tokenizer = gpt2_tokenizer()
     else:
-        from mtn_sails.data import load_records
-        from mtn_sails.scratch import train_tokenizer
-        from mtn_sails.template import PromptTemplate
+        from mtn_sails.data.files import load_records
+        from mtn_sails.training.scratch import train_tokenizer
+        from mtn_sails.data.template import PromptTemplate
 
         template = PromptTemplate()
         tokenizer = train_tokenizer((s.text for r in load_records(PAIRS_FILE) for s in template.render(r)), 2000)
@@ -121,7 +121,7 @@ def run_arm(arm: str, command: list[str], output: Path) -> dict:
         found = re.search(r"'train_runtime': '?([\d.]+)'?.*'train_loss': '?([\d.]+)'?", printed)
         result.update({"train_runtime_s": float(found.group(1)), "train_loss": float(found.group(2))} if found else {})
     else:
-        from mtn_sails.history import HISTORY_FILE
+        from mtn_sails.model_dir.history_file import HISTORY_FILE
 
         entry = json.loads((output / HISTORY_FILE).read_text())["sessions"][-1]
         result.update({"session_s": entry["duration_s"], "train_loss": entry["train_loss"],
@@ -135,9 +135,10 @@ def learned_examples(model_dir: Path, data: Path, args) -> dict[str, list[tuple[
     from transformers import AutoTokenizer
 
     from mtn_sails.config import TrainConfig
-    from mtn_sails.data import file_sha256
-    from mtn_sails.template import PromptTemplate
-    from mtn_sails.tokenized import IGNORE_INDEX, records_dataset, split_dataset, tokenize
+    from mtn_sails.data.files import file_sha256
+    from mtn_sails.data.template import PromptTemplate
+    from mtn_sails.training.scoring import IGNORE_INDEX
+    from mtn_sails.training.tokenizing import records_dataset, split_dataset, tokenize
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     defaults = TrainConfig(data_file=str(data))

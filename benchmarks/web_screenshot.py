@@ -33,7 +33,7 @@ def main() -> None:
 
     from mtn_sails.config import WebConfig
     from mtn_sails.console import mute
-    from mtn_sails.web import PageHandler, build_site
+    from mtn_sails.runtime.web import PageHandler, build_site
 
     with tempfile.TemporaryDirectory(prefix="mtn-sails-shot-") as tmp:
         onnx_dir = trained_export(Path(tmp))[1]

@@ -48,7 +48,7 @@ def export_model(root: Path, quick: bool) -> Path:
     from generate_speed import build_model
 
     from mtn_sails.config import ExportConfig
-    from mtn_sails.exporter import export
+    from mtn_sails.runtime.export import export
 
     trained, onnx_dir = root / "trained_model", root / "onnx_model"
     build_model(trained)
@@ -62,10 +62,10 @@ class PythonRuntime:
     name = "Python onnxruntime (mtn-sails generate)"
 
     def __init__(self, onnx_dir: Path, new_tokens: int) -> None:
-        from mtn_sails.decoders import OnnxDecoder
-        from mtn_sails.model_files import load_tokenizer
-        from mtn_sails.onnx_runtime import model_file, onnx_session
-        from mtn_sails.template import PromptTemplate
+        from mtn_sails.runtime.decoders import OnnxDecoder
+        from mtn_sails.model_dir.model_files import load_tokenizer
+        from mtn_sails.runtime.onnx_session import model_file, onnx_session
+        from mtn_sails.data.template import PromptTemplate
 
         self.decoder = OnnxDecoder(onnx_session(model_file(onnx_dir)))
         self.prompt = load_tokenizer(onnx_dir, "--onnx-output").encode(PromptTemplate.load(onnx_dir).prompt(QUESTION))
@@ -73,7 +73,7 @@ class PythonRuntime:
 
     def seconds(self) -> float:
         """One answer of exactly new_tokens tokens."""
-        from mtn_sails.sampling import decode
+        from mtn_sails.runtime.decode_loop import decode
 
         decoded = decode(self.decoder, self.prompt, self.new_tokens, eos_token_id=None)
         assert len(decoded.token_ids) == self.new_tokens
@@ -115,7 +115,7 @@ class BrowserRuntime:
 
     def __init__(self, site: Path, new_tokens: int, isolated: bool) -> None:
         from chromium import Chromium
-        from mtn_sails.web import PageHandler
+        from mtn_sails.runtime.web import PageHandler
 
         handler = PageHandler if isolated else PlainHandler
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(site)))

@@ -8,7 +8,7 @@ import { parseArgs } from "node:util";
 
 import { AutoModelForCausalLM, AutoTokenizer, env } from "@huggingface/transformers";
 
-import { answer } from "../mtn_sails/web_page/sails.mjs";
+import { answer } from "../mtn_sails/runtime/web_page/sails.mjs";
 
 const { values, positionals } = parseArgs({
   allowPositionals: true,

@@ -20,7 +20,7 @@ from .config import (DEFAULT_OUTPUT_DIR, ExportConfig, GenerateConfig, PipelineC
                      ValidateConfig)
 from .console import quiet
 from .errors import InputError
-from .session_record import SessionRecord
+from .model_dir.session_record import SessionRecord
 
 Config = TypeVar("Config")
 
@@ -45,7 +45,7 @@ def _output(verbose: bool):
 
 def validate(data_file: str | Path | None = None, *, config: ValidateConfig | None = None, **options: Any):
     """The data-quality report (`QualityReport`) of a data file."""
-    from .quality import validate_file
+    from .data.quality import validate_file
 
     data = str(data_file) if data_file is not None else None
     settled = _config(ValidateConfig, config, {"data_file": data, **options})
@@ -55,7 +55,7 @@ def validate(data_file: str | Path | None = None, *, config: ValidateConfig | No
 def train(data_file: str | Path | None = None, *, config: TrainConfig | None = None, verbose: bool = False,
           **options: Any):
     """One continuous-training session; returns its `SessionResult` (history entry, paths)."""
-    from .recipes import train as run_train
+    from .training.session import train as run_train
 
     data = str(data_file) if data_file is not None else None
     settled = _config(TrainConfig, config, {"data_file": data, **options})
@@ -76,7 +76,7 @@ def pipeline(data_file: str | Path | None = None, *, config: PipelineConfig | No
 
 def export(*, config: ExportConfig | None = None, verbose: bool = False, **options: Any):
     """ONNX export of a trained model with the parity check; returns an `ExportResult`."""
-    from .exporter import export as run_export
+    from .runtime.export import export as run_export
 
     settled = _config(ExportConfig, config, options)
     with _output(verbose):
@@ -86,7 +86,7 @@ def export(*, config: ExportConfig | None = None, verbose: bool = False, **optio
 def generate(prompt: str | None = None, *, config: GenerateConfig | None = None, verbose: bool = False,
              **options: Any):
     """The model's completion of `prompt` as a `GenerationResult` (text, token counts, speed)."""
-    from .generate import generate as run_generate
+    from .runtime.generation import generate as run_generate
 
     settled = _config(GenerateConfig, config, {"prompt": prompt, **options})
     with _output(verbose):
@@ -95,7 +95,7 @@ def generate(prompt: str | None = None, *, config: GenerateConfig | None = None,
 
 def history(output_dir: str | Path = DEFAULT_OUTPUT_DIR) -> list[SessionRecord]:
     """The sessions recorded in a model directory, oldest first."""
-    from .history import load_history
+    from .model_dir.history_file import load_history
 
     if not Path(output_dir).is_dir():
         raise InputError(f"{output_dir}: no such model directory")

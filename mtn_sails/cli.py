@@ -22,7 +22,7 @@ from .errors import EXIT_BUG, EXIT_INTERRUPTED, EXIT_OK, InputError, MissingDepe
 
 def run_validate(config: ValidateConfig) -> int:
     """Print the data-quality report; exit 0, or 3 on errors (and warnings with --strict)."""
-    from .quality import print_report, validate_file
+    from .data.quality import print_report, validate_file
 
     report = validate_file(config.data_file, max_length=config.max_length,
                            preference_as=config.preference_as)
@@ -32,7 +32,7 @@ def run_validate(config: ValidateConfig) -> int:
 
 def run_train(config: TrainConfig) -> int:
     """One continuous-training session into --output-dir."""
-    from .recipes import train
+    from .training.session import train
 
     train(config)
     return EXIT_OK
@@ -48,7 +48,7 @@ def run_pipeline(config: PipelineConfig) -> int:
 
 def run_export(config: ExportConfig) -> int:
     """Export the trained model to ONNX and check parity."""
-    from .exporter import export
+    from .runtime.export import export
 
     export(config)
     return EXIT_OK
@@ -56,7 +56,7 @@ def run_export(config: ExportConfig) -> int:
 
 def run_generate(config: GenerateConfig) -> int:
     """Stream a completion of the prompt to the terminal."""
-    from .generate import generate
+    from .runtime.generation import generate
 
     generate(config, stream=sys.stdout)
     return EXIT_OK
@@ -64,7 +64,7 @@ def run_generate(config: GenerateConfig) -> int:
 
 def run_history(config: HistoryConfig) -> int:
     """Print the sessions the model went through."""
-    from .history_table import print_history
+    from .model_dir.history_table import print_history
 
     print_history(config.output_dir, as_json=config.json, plot=config.plot)
     return EXIT_OK
@@ -72,7 +72,7 @@ def run_history(config: HistoryConfig) -> int:
 
 def run_web(config: WebConfig) -> int:
     """Write the offline page that runs the ONNX model in the browser; --serve serves it."""
-    from .web import web
+    from .runtime.web import web
 
     web(config)
     return EXIT_OK

@@ -5,13 +5,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import InputError
-from .shapes import PREFERENCE_SIDES
 
 DEFAULT_MODEL_NAME = "distilgpt2"
 SCRATCH_MODEL_NAME = "scratch"  # a fresh GPT-2 with a tokenizer trained on the session's data
 DEFAULT_OUTPUT_DIR = "./trained_model"
 DEFAULT_ONNX_OUTPUT = "./onnx_model"
 DEFAULT_WEB_OUT = "./web_app"
+STANDARD_LEARNING_RATE = 5e-5  # the guide's rate for a first session from a pretrained base
+CONTINUE_LEARNING_RATE = 1e-5  # 1/5 of it when continuing, to preserve existing knowledge
+# A randomly initialised GPT-2 barely moves at 5e-5; measured in BENCHMARKS.md ("Scratch learning
+# rate"), with the guide's 1/5 ratio kept for continuation.
+SCRATCH_LEARNING_RATE = 1e-3
+SCRATCH_CONTINUE_LEARNING_RATE = SCRATCH_LEARNING_RATE / 5
+PREFERENCE_SIDES = ("chosen",)  # what --preference-as may train
 TEMPLATES = ("auto", "chat", "plain")  # how records become text: the base's chat template or the product's
 METHODS = ("full", "lora")
 SCRATCH_SIZES = ("tiny", "small", "base")
@@ -156,10 +162,6 @@ class TrainConfig:
             _require(0 < self.learning_rate < 1, f"--learning-rate must be in (0, 1), got {self.learning_rate}")
         _require(self.lora_rank > 0, f"--lora-rank must be positive, got {self.lora_rank}")
         _require(self.lora_alpha > 0, f"--lora-alpha must be positive, got {self.lora_alpha}")
-
-    def base_model(self) -> str:
-        """The base model to start from when there is nothing to continue."""
-        return self.model_name or DEFAULT_MODEL_NAME
 
     def interpolation_weight(self) -> float | None:
         """--interpolate as a number: None for auto, 1.0 for off, -1.0 when it is not valid."""

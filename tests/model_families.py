@@ -164,7 +164,7 @@ def model_config(family: Family, tokenizer, positions: int = 512, **shape):
 
 def corpus() -> list[str]:
     """Texts to train the test tokenizers on: the QA pairs and some real web text."""
-    from conftest import QA_PAIRS, REALDATA
+    from helpers import QA_PAIRS, REALDATA
 
     texts = [f"{q} {a}" for q, a in QA_PAIRS] * 4
     with open(REALDATA / "c4_demo.jsonl", encoding="utf-8") as handle:

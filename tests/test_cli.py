@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import EXAMPLES, REPO, run_cli
+from helpers import EXAMPLES, REPO, run_cli
 from mtn_sails.cli import COMMANDS, build_parser, main
 
 

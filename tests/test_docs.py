@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import REPO
+from helpers import REPO
 
 
 def code_blocks(path, language: str) -> list[str]:
@@ -64,3 +64,13 @@ def test_readme_quickstart_runs_literally(tmp_path):
     assert "Using lower learning rate (0.0002)" in second and "replayed from earlier sessions" in second
     assert answer.strip()
     assert "2 sessions" in history_out and "Forgetting after session 2" in history_out
+
+
+def test_the_readme_layout_and_the_implementation_notes_name_every_module():
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    layout = readme[readme.index("## Layout"):readme.index("## Tests")]
+    notes = (REPO / "docs" / "IMPLEMENTATION.md").read_text(encoding="utf-8")
+    for path in sorted((REPO / "mtn_sails").rglob("*.py")):
+        if path.name != "__init__.py":
+            assert f" {path.name} " in layout, f"README Layout misses {path.relative_to(REPO)}"
+            assert f"| `{path.name}` |" in notes, f"docs/IMPLEMENTATION.md misses {path.relative_to(REPO)}"

@@ -22,12 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import QA_PAIRS, REPO, write_qa
+from helpers import QA_PAIRS, REPO, write_qa
 from model_families import save_base
 
-from mtn_sails import api, store
+from mtn_sails import api
+
+from mtn_sails.model_dir import store
 from mtn_sails.cli import main
-from mtn_sails.history import load_history
+from mtn_sails.model_dir.history_file import load_history
 
 pytestmark = pytest.mark.slow
 
@@ -156,11 +158,11 @@ def test_export_passes_parity_and_writes_int8(family_run):
 
 
 def test_onnxruntime_and_pytorch_generate_the_same_greedy_tokens(family_run):
-    from mtn_sails.decoders import OnnxDecoder, TorchDecoder, load_torch_model
-    from mtn_sails.model_files import load_tokenizer
-    from mtn_sails.onnx_runtime import model_file, onnx_session
-    from mtn_sails.sampling import decode
-    from mtn_sails.template import PromptTemplate
+    from mtn_sails.runtime.decoders import OnnxDecoder, TorchDecoder, load_torch_model
+    from mtn_sails.model_dir.model_files import load_tokenizer
+    from mtn_sails.runtime.onnx_session import model_file, onnx_session
+    from mtn_sails.runtime.decode_loop import decode
+    from mtn_sails.data.template import PromptTemplate
 
     tokenizer = load_tokenizer(family_run.onnx, "--onnx-output")
     prompt = tokenizer.encode(PromptTemplate.load(family_run.onnx).prompt(QUESTION))
@@ -178,8 +180,8 @@ def test_onnxruntime_and_pytorch_generate_the_same_greedy_tokens(family_run):
 
 
 def test_special_tokens_follow_the_family(family_run):
-    from mtn_sails.model_files import load_tokenizer, read_json
-    from mtn_sails.template import PromptTemplate
+    from mtn_sails.model_dir.model_files import load_tokenizer, read_json
+    from mtn_sails.data.template import PromptTemplate
 
     tokenizer = load_tokenizer(family_run.onnx, "--onnx-output")
     template = PromptTemplate.load(family_run.onnx)
@@ -203,8 +205,8 @@ def test_special_tokens_follow_the_family(family_run):
 
 
 def test_generate_offers_tools_through_the_models_template(family_run, tmp_path):
-    from mtn_sails.model_files import load_tokenizer
-    from mtn_sails.template import PromptTemplate
+    from mtn_sails.model_dir.model_files import load_tokenizer
+    from mtn_sails.data.template import PromptTemplate
 
     tool = {"type": "function", "function": {"name": "lookup", "description": "Look a term up",
                                              "parameters": {"type": "object", "properties": {}}}}

@@ -5,7 +5,7 @@ import ast
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SOURCES = sorted({*REPO.glob("tests/*.py"), *REPO.glob("benchmarks/*.py")} - {Path(__file__).resolve()})
+SOURCES = sorted({*REPO.glob("tests/**/*.py"), *REPO.glob("benchmarks/*.py")} - {Path(__file__).resolve()})
 
 
 def _reaches_outside(node: ast.AST) -> bool:
@@ -29,7 +29,7 @@ def test_no_test_or_benchmark_reads_outside_the_repository():
 
 
 def test_the_real_data_files_are_carried_with_their_sources():
-    readme = (REPO / "tests" / "data" / "README.md").read_text(encoding="utf-8")
-    for data_file in (REPO / "tests" / "data").iterdir():
+    readme = (REPO / "tests" / "fixtures" / "README.md").read_text(encoding="utf-8")
+    for data_file in (REPO / "tests" / "fixtures").iterdir():
         if data_file.name != "README.md":
             assert f"`{data_file.name}{'/' * data_file.is_dir()}`" in readme, data_file.name

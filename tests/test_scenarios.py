@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import EXAMPLES, REPO, run_cli, write_qa
-from mtn_sails import store
+from helpers import EXAMPLES, REPO, run_cli, write_qa
+from mtn_sails.model_dir import store
 from mtn_sails.cli import main
-from mtn_sails.detector import check_model_exists
-from mtn_sails.history import load_history
+from mtn_sails.model_dir.inspection import check_model_exists
+from mtn_sails.model_dir.history_file import load_history
 
 BF16_LOSS_TOLERANCE = 0.01  # relative, per epoch: 2e-4 measured here (tiny model), see BENCHMARKS.md
 
@@ -273,7 +273,7 @@ def test_examples_sharing_rows_learn_what_padded_rows_learn(tiny_model_dir, qa_f
 
 
 def test_a_bf16_session_leaves_the_next_session_of_the_process_in_fp32(tiny_model_copy, qa_file, monkeypatch):
-    import mtn_sails.trainer as trainer_module
+    import mtn_sails.training.trainer as trainer_module
 
     trainers, run_training = [], trainer_module.run_training
 

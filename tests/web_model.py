@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import QA_PAIRS, REPO
+from helpers import QA_PAIRS, REPO
 
 NODE_SCRIPT = REPO / "examples" / "node_generate.mjs"
 STEPS = 150  # loss ~0.1: each answer reproduced word for word under greedy decoding
@@ -26,10 +26,10 @@ LEARNING_RATE = 5e-3
 def _base(root: Path, family: str, instruct: bool):
     """(model, tokenizer, template) to train: the scratch GPT-2, or a tiny model of another family
     (tests/model_families.py) with the template and eos a session would settle for it."""
-    from mtn_sails.template import PromptTemplate, align_eos, bos_text, chat_template_of
+    from mtn_sails.data.template import PromptTemplate, align_eos, bos_text, chat_template_of
 
     if family == "gpt2":
-        from mtn_sails.scratch import build_scratch_model
+        from mtn_sails.training.scratch import build_scratch_model
 
         texts = [PromptTemplate().prompt(question) + answer for question, answer in QA_PAIRS]
         model, tokenizer = build_scratch_model(texts * 4, size="tiny", max_length=128, seed=0)
@@ -51,7 +51,7 @@ def trained_export(root: Path, family: str = "gpt2", instruct: bool = False) -> 
     import torch
 
     from mtn_sails.config import ExportConfig
-    from mtn_sails.exporter import export
+    from mtn_sails.runtime.export import export
 
     model, tokenizer, template = _base(root, family, instruct)
     eos = tokenizer.eos_token_id
@@ -97,12 +97,12 @@ def python_generate(onnx_dir: Path, question: str, max_new_tokens: int, int8: bo
     import io
 
     from mtn_sails.config import GenerateConfig
-    from mtn_sails.decoders import OnnxDecoder
-    from mtn_sails.generate import generate
-    from mtn_sails.model_files import load_tokenizer
-    from mtn_sails.onnx_runtime import model_file, onnx_session
-    from mtn_sails.sampling import decode
-    from mtn_sails.template import PromptTemplate
+    from mtn_sails.runtime.decoders import OnnxDecoder
+    from mtn_sails.runtime.generation import generate
+    from mtn_sails.model_dir.model_files import load_tokenizer
+    from mtn_sails.runtime.onnx_session import model_file, onnx_session
+    from mtn_sails.runtime.decode_loop import decode
+    from mtn_sails.data.template import PromptTemplate
 
     result = generate(GenerateConfig(prompt=question, onnx_output=str(onnx_dir), max_new_tokens=max_new_tokens,
                                      int8=int8), stream=io.StringIO())

@@ -1,0 +1,312 @@
+"""The train recipe: one continuous-training session, its stages composed
+(open -> records -> start model -> train -> save -> measure -> commit -> report)."""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..config import DEFAULT_ONNX_OUTPUT, TrainConfig
+from ..console import say
+from ..data.files import check_data_path, file_sha256
+from ..data.records import Record
+from ..data.template import PromptTemplate
+from ..model_dir import store
+from ..model_dir.history_file import load_history
+from ..model_dir.model_card import save_history
+from ..model_dir.session_record import SessionRecord
+from .distributed import Processes, current_processes
+from .forgetting import Measurements, measure_session
+from .plan import TrainingPlan, plan_training
+from .report import report_session, say_if_trained_before
+from .start_model import StartModel, load_session_model, load_start_model
+from .work_dir import (checkpoint_interval, discard_unresumable_work, reset_work_dir, resume_state, resumed_plan,
+                       save_plan, work_dir)
+
+
+@dataclass
+class Session:
+    """What the stages of one training session share: its settings, plan, processes and earlier sessions."""
+
+    config: TrainConfig
+    plan: TrainingPlan
+    processes: Processes
+    rows: Any  # datasets.Dataset: every record of the data file
+    data_sha256: str
+    work: Path
+    checkpoint: str | None  # the Trainer checkpoint a --resume continues, else None
+    onnx_output: str
+    history: list[SessionRecord]  # the earlier sessions, read once (empty from a base)
+    started: float = field(default_factory=time.time)
+
+    def output_dir(self) -> Path:
+        """The model directory this session swaps its result into."""
+        return Path(self.config.output_dir)
+
+    def earlier_template(self) -> PromptTemplate:
+        """The template the model was trained with (a fresh default from a base)."""
+        return PromptTemplate.load(self.output_dir()) if self.plan.continues else PromptTemplate()
+
+
+@dataclass
+class SessionData:
+    """The records of one session: what it trains on, holds out and replays."""
+
+    train_rows: Any  # datasets.Dataset
+    held_out_rows: Any | None
+    held_out: list[Record]
+    replay_pool: dict[int, list[Record]]  # earlier sessions' stored records, by session number
+    probe: list[Record]  # trained question/answer records whose answers are checked after later sessions
+
+
+@dataclass
+class SessionResult:
+    """What one training session did and measured."""
+
+    output_dir: Path
+    plan: TrainingPlan
+    session: SessionRecord | None  # the history entry; None on the non-main processes of a distributed run
+    backup_dir: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def train(config: TrainConfig, onnx_output: str | None = None) -> SessionResult:
+    """One continuous-training session into config.output_dir, swapped in whole at the end.
+
+    Under torchrun / accelerate launch every process trains; only the main one locks, writes and reports.
+    """
+    processes = current_processes(config.device)
+    output_dir = Path(config.output_dir)
+    with store.locked(output_dir) if processes.is_main() else contextlib.nullcontext():
+        try:
+            return run_session(open_session(config, onnx_output or DEFAULT_ONNX_OUTPUT, processes,
+                                            checks_onnx=onnx_output is not None))
+        except BaseException:
+            if processes.is_main():
+                discard_unresumable_work(output_dir)
+            raise
+
+
+def run_session(session: Session) -> SessionResult:
+    """Records in -> start model -> train -> measure -> commit, swapped into the output directory."""
+    from .tokenizing import iter_records
+
+    data = prepare_records(session)
+    start = load_session_model(session.config, session.plan, iter_records(session.rows), session.earlier_template(),
+                               session.checkpoint)
+    trainer, outcome = train_session(session, data, start)
+    staging = save_weights(trainer, session)
+    if not session.processes.is_main():
+        return SessionResult(session.output_dir(), session.plan, None)
+    measured = measure(trainer, staging, session, start, data)
+    record = session_record(session, data, start, outcome, measured)
+    backup = commit_session(staging, session, data, record, start.template)
+    shutil.rmtree(session.work, ignore_errors=True)
+    result = SessionResult(session.output_dir(), session.plan, record, backup)
+    report_session(record, session.output_dir(), backup, session.config)
+    return result
+
+
+def open_session(config: TrainConfig, onnx_output: str, processes: Processes, checks_onnx: bool) -> Session:
+    """Recover the directory, read the data, settle the plan (or the resumed one) and the work directory."""
+    from .tokenizing import records_dataset
+
+    output_dir = Path(config.output_dir)
+    if processes.is_main():
+        recovered = store.recover(output_dir)
+        if recovered:
+            say(f"🔧 {recovered}")
+    processes.barrier()
+    check_data_path(config.data_file)
+    data_sha256 = file_sha256(config.data_file)
+    rows = processes.main_first(lambda: records_dataset(config.data_file, data_sha256, config.preference_as))
+    work = work_dir(output_dir)
+    config, checkpoint = resume_state(work, config, data_sha256)
+    plan = resumed_plan(work) if checkpoint else plan_training(config.output_dir, config.model_name,
+                                                                 config.learning_rate,
+                                                                 onnx_output if checks_onnx else None)
+    processes.barrier()  # every process has read the directories before the main one changes them
+    if processes.is_main():
+        if checkpoint is None:
+            reset_work_dir(work, config, data_sha256)
+        save_plan(work, plan)
+    for message in plan.messages:
+        say(message)
+    history = load_history(output_dir) if plan.continues else []
+    if plan.continues and checkpoint is None:
+        say_if_trained_before(history, data_sha256)
+    return Session(config, plan, processes, rows, data_sha256, work, checkpoint, onnx_output, history)
+
+
+def replay_pool(model_dir: Path, ratio: float) -> dict[int, list[Record]]:
+    """The stored replay slices of earlier sessions, by session number (none when --replay is 0); which of
+    them each epoch replays is decided during training (retention.py)."""
+    if ratio <= 0:
+        return {}
+    return {number: records for number, records in store.read_slices(model_dir, store.REPLAY_DIR).items() if records}
+
+
+def prepare_records(session: Session) -> SessionData:
+    """Split the file's records into trained and held out, and draw the replay of earlier sessions."""
+    from .probe import PROBE_LIMIT, probe_records
+    from .tokenizing import iter_records, sample, split_dataset
+
+    config = session.config
+    train_rows, held_out_rows = split_dataset(session.rows, config.eval_split, config.seed)
+    held_out = list(iter_records(held_out_rows)) if held_out_rows is not None else []
+    pool = replay_pool(session.output_dir(), config.replay) if session.plan.continues else {}
+    # a bounded draw first, so that a million-record file is not read whole to pick 64 questions
+    probe = probe_records(sample(train_rows, 4 * PROBE_LIMIT, config.seed), PROBE_LIMIT, config.seed)
+    return SessionData(train_rows, held_out_rows, held_out, pool, probe)
+
+
+def train_session(session: Session, data: SessionData, start: StartModel):
+    """Tokenise, set up the retention levers, train with the HF Trainer and interpolate; returns (trainer,
+    outcome). On resume the Trainer restores the checkpoint's optimizer and schedule."""
+    from .distributed import optimizer_steps
+    from .retention import prepare_retention
+    from .tokenizing import tokenize, with_replay
+    from .trainer import TrainSettings, run_training
+
+    config, plan, processes = session.config, session.plan, session.processes
+    tokens = tokenize(data.train_rows, data.held_out_rows, start.tokenizer, start.template, start.max_length)
+    for note in tokens.notes:
+        say(note)
+    # On resume the model holds the checkpoint's weights; distillation and interpolation need the session's start.
+    load_start = (lambda: load_start_model(plan, config, [], start.template)[0]) \
+        if session.checkpoint and plan.continues else None
+    kit = prepare_retention(config, start.model, start.tokenizer, start.template, data.replay_pool, len(tokens.train),
+                            start.max_length, load_start)
+    examples = len(tokens.train) + kit.per_epoch
+    tokens.train = with_replay(tokens.train, kit.pool_examples)
+    if kit.training.sampler is not None and not tokens.packed:
+        kit.training.sampler.group_by_length(tokens.train["length"],
+                                             config.batch_size * config.gradient_accumulation_steps)
+    steps = optimizer_steps(examples, config.batch_size, processes.world_size,
+                            config.gradient_accumulation_steps, config.epochs)
+    say(f"🚀 Training on {len(data.train_rows)} records"
+        + (f" + {kit.per_epoch} per epoch replayed from earlier sessions" if kit.per_epoch else "")
+        + (f", {len(data.held_out)} held out" if data.held_out else "")
+        + f" ({examples} {'blocks' if tokens.packed else 'examples'} per epoch, {steps} optimizer steps on "
+        f"{processes.world_size} process{'es' * (processes.world_size > 1)}) at learning rate {plan.learning_rate}")
+    if kit.frozen:
+        say(f"🧊 Freezing the embeddings and the bottom {config.freeze_layers} blocks ({len(kit.frozen)} tensors)")
+    settings = TrainSettings(plan.learning_rate, config.epochs, config.batch_size,
+                             config.gradient_accumulation_steps, config.seed, session.work / "checkpoints",
+                             checkpoint_interval(config.save_steps, config.epochs, steps), config.device,
+                             precision=config.precision, lr_schedule=config.lr_schedule,
+                             warmup_ratio=config.warmup_ratio, share_rows=not config.pad_examples)
+    trainer, outcome = run_training(start.model, start.tokenizer, tokens, settings, resume_from=session.checkpoint,
+                                    retention=kit.training)
+    replayed = sum(len(drawn) for drawn in kit.training.sampler.drawn) if kit.training.sampler else 0
+    alpha = interpolate_session(session, trainer.model, start, data, kit.start_weights) \
+        if kit.start_weights is not None else None
+    return trainer, dataclasses.replace(outcome, interpolation_alpha=alpha, replayed_examples=replayed)
+
+
+def interpolate_session(session: Session, model, start: StartModel, data: SessionData, start_weights) -> float:
+    """--interpolate: the trained weights moved back towards the start; returns the weight applied."""
+    from .interpolation import settle_interpolation
+
+    config = session.config
+    probes = store.read_slices(session.output_dir(), store.PROBE_DIR) if session.history else {}
+    if config.interpolation_weight() is None:
+        say("🎚️  Choosing the interpolation weight from the probe recall of earlier and new answers...")
+    alpha = settle_interpolation(model, start.tokenizer, start.template, start_weights, config.interpolation_weight(),
+                                 probes, {s.session: s.recall for s in session.history}, data.probe)
+    say(f"🎚️  Interpolated towards the start model: start + {alpha:g} x change")
+    return alpha
+
+
+def save_weights(trainer, session: Session) -> Path:
+    """The trained weights saved into a fresh staging directory beside the output directory; returns it."""
+    from .distributed import check_full_save
+    from .lora import merge_adapters
+
+    output_dir, processes = session.output_dir(), session.processes
+    staging = store.sibling(output_dir, "staging")
+    if processes.is_main():
+        store.fresh_staging(output_dir)
+    processes.barrier()
+    trainer.model = merge_adapters(trainer.model)  # --method lora: the directory holds a plain transformers model
+    trainer.save_model(str(staging))  # every process calls it (sharded engines gather); the main one writes
+    processes.barrier()
+    if processes.is_main():
+        (staging / "training_args.bin").unlink(missing_ok=True)  # a pickle; the config is saved as JSON
+        check_full_save(staging)
+    return staging
+
+
+def measure(trainer, staging: Path, session: Session, start: StartModel, data: SessionData) -> Measurements:
+    """The trained model scored on this session's held-out slice and probe, and on every earlier session's
+    (with several processes, the full copy saved in `staging`: distributed.model_to_measure)."""
+    from .distributed import model_to_measure
+
+    model = model_to_measure(trainer, staging, session.processes)
+    return measure_session(model, start.tokenizer, start.template, data.held_out[:store.MAX_HELD_OUT_RECORDS],
+                           data.probe, session.output_dir(), session.history, start.max_length)
+
+
+def _versions() -> dict[str, str]:
+    import torch
+    import transformers
+
+    return {"mtn_sails": __version__, "torch": torch.__version__, "transformers": transformers.__version__}
+
+
+def session_record(session: Session, data: SessionData, start: StartModel, outcome,
+                   measured: Measurements) -> SessionRecord:
+    """The history entry of this session."""
+    from .scoring import perplexity
+
+    config, plan, checkpoint = session.config, session.plan, session.checkpoint
+    return SessionRecord(
+        session=len(session.history) + 1, date=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        data_file=str(Path(config.data_file).resolve()), data_sha256=session.data_sha256, records=len(session.rows),
+        train_examples=len(data.train_rows), eval_examples=len(data.held_out),
+        replayed_examples=outcome.replayed_examples,
+        start=str(config.output_dir) if plan.continues else plan.source,
+        start_kind="resumed" if checkpoint else ("continued" if plan.continues else "base"),
+        resumed_from_checkpoint=Path(checkpoint).name if checkpoint else None, base_model=plan.base_model,
+        learning_rate=plan.learning_rate, epochs=config.epochs, batch_size=config.batch_size,
+        max_length=start.max_length, steps=outcome.steps, train_loss=outcome.train_loss,
+        eval_loss=outcome.eval_loss, eval_perplexity=outcome.eval_perplexity(),
+        held_out_loss=measured.held_out_loss, held_out_perplexity=perplexity(measured.held_out_loss),
+        duration_s=round(time.time() - session.started, 1), device=outcome.device, precision=outcome.precision,
+        world_size=outcome.world_size, replay=config.replay,
+        replay_weight=config.replay_weight if config.replay > 0 else None,
+        interpolation_alpha=outcome.interpolation_alpha,
+        seed=config.seed, versions=_versions(),
+        forgetting=measured.forgetting, loss_curve=outcome.loss_curve, probe_count=measured.probe.count,
+        recall=measured.probe.recall, answer_logprob=measured.probe.answer_logprob)
+
+
+def commit_session(staging: Path, session: Session, data: SessionData, record: SessionRecord,
+                   template: PromptTemplate) -> Path | None:
+    """Complete the staged directory (template, slices, history, card naming the model's and its export's
+    paths, config) and swap it in; returns where the replaced model was kept, if it was."""
+    from .tokenizing import sample
+
+    config, output_dir, number = session.config, session.output_dir(), record.session
+    template.save(staging)
+    if session.plan.continues:
+        store.copy_slices(output_dir, staging)
+    if data.held_out:
+        store.write_slice(staging, store.HELD_OUT_DIR, number, data.held_out[:store.MAX_HELD_OUT_RECORDS],
+                          store.MAX_HELD_OUT_RECORDS, config.seed)
+    store.write_slice(staging, store.REPLAY_DIR, number, sample(data.train_rows, store.MAX_REPLAY_RECORDS,
+                                                                config.seed), store.MAX_REPLAY_RECORDS, config.seed)
+    if data.probe:
+        store.write_slice(staging, store.PROBE_DIR, number, data.probe, len(data.probe), config.seed)
+    save_history(staging, session.history + [record], str(config.output_dir), session.onnx_output)
+    (staging / "mtn_sails_config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n",
+                                                  encoding="utf-8")
+    backup = store.backup_path(output_dir) if session.plan.backup_existing and output_dir.exists() else None
+    store.replace_directory(staging, output_dir, keep_old_as=backup)
+    return backup
