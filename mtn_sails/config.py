@@ -76,7 +76,7 @@ class TrainConfig:
     output_dir: str = option("trained model directory; an existing model there is continued",
                              default=DEFAULT_OUTPUT_DIR)
     model_name: str | None = option(
-        f"base model: a hub id, a local path, or '{SCRATCH_MODEL_NAME}' (offline, fresh GPT-2); "
+        f"base model: a hub id, a local directory, a .gguf file, or '{SCRATCH_MODEL_NAME}' (offline, fresh GPT-2); "
         f"default {DEFAULT_MODEL_NAME}. Given explicitly it is loaded even when a trained model exists")
     scratch_size: str = option("size of the '--model-name scratch' GPT-2", default="small",
                                choices=SCRATCH_SIZES)

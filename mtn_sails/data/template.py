@@ -225,6 +225,28 @@ def chat_template_of(tokenizer) -> ChatTemplate:
     return dataclasses.replace(template, user=prompt_pattern(template))
 
 
+def has_chat_template(directory: str | Path) -> bool:
+    """True when the tokenizer saved in `directory` carries a chat template (its own file or its config)."""
+    directory = Path(directory)
+    if (directory / "chat_template.jinja").is_file() or (directory / "chat_template.json").is_file():
+        return True
+    try:
+        return "chat_template" in json.loads((directory / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def template_beside(directory: str | Path) -> PromptTemplate:
+    """The template to prompt a model directory with: the one stored with it, else (a model no session trained)
+    its tokenizer's chat template, as --template auto would train it, else the product's."""
+    directory = Path(directory)
+    if (directory / TEMPLATE_FILE).is_file() or not has_chat_template(directory):
+        return PromptTemplate.load(directory)
+    from transformers import AutoTokenizer
+
+    return chat_template_of(AutoTokenizer.from_pretrained(directory, local_files_only=True))
+
+
 def settle_template(requested: str, stored: PromptTemplate | None, tokenizer) -> tuple[PromptTemplate, list[str]]:
     """(template, messages) for --template `requested` given a continued model's stored one (or None).
 

@@ -26,7 +26,7 @@ from ..model_dir.history_file import FORGETTING_FILE, LOSS_CURVE_FILE
 from .decoders import OnnxDecoder, TorchDecoder, load_torch_model
 from ..model_dir.model_files import context_length, first_line, load_tokenizer, read_json
 from .onnx_session import ONNX_FILE, ONNX_SUBDIR, QUANTIZED_ONNX_FILE, onnx_session
-from ..data.template import TEMPLATE_FILE, PromptTemplate
+from ..data.template import TEMPLATE_FILE, template_beside
 
 TASK = "text-generation-with-past"  # one decoder graph with KV-cache inputs (past length 0 on the first step)
 # fp32 ORT and PyTorch agree to ~1e-5 on CPU; 1e-3 still catches a broken export or an op that
@@ -137,7 +137,7 @@ def export_onnx(model_dir: Path, target: Path) -> None:
     if not (target / graph).is_file():
         raise InputError(f"optimum wrote no {graph} for {model_dir}")
     # The graph moves (not copies) under onnx/, its external weights (models over 2 GB) with it:
-    # the layout transformers.js loads, which optimum and generate read too (onnx_runtime.py).
+    # the layout transformers.js loads, which optimum and generate read too (onnx_session.py).
     (target / ONNX_SUBDIR).mkdir()
     for path in target.glob(graph + "*"):
         path.rename(target / ONNX_SUBDIR / path.name)
@@ -206,7 +206,7 @@ def check_parity(model_dir: str | Path, onnx_dir: str | Path, prompts: Sequence[
     """
     model_dir, onnx_dir = Path(model_dir), Path(onnx_dir)
     tokenizer = load_tokenizer(model_dir, "--output-dir")
-    template = PromptTemplate.load(model_dir)
+    template = template_beside(model_dir)
     torch_decoder = TorchDecoder(load_torch_model(model_dir))
     onnx_decoder = OnnxDecoder(onnx_session(onnx_dir / ONNX_FILE))
     quantized = onnx_dir / QUANTIZED_ONNX_FILE

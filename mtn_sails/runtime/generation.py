@@ -1,8 +1,8 @@
 """generate: stream a completion from the ONNX model (onnxruntime, default) or the trained model (torch).
 
 The parts live in their own modules: decoders.py (the two backends behind one interface),
-sampling.py (the decoding loop), streaming.py (text to the terminal), model_files.py (tokenizer and
-context), onnx_runtime.py (file names and the session). This module puts them together for one prompt.
+decode_loop.py (the decoding loop), streamer.py (text to the terminal), model_dir/model_files.py (tokenizer
+and context), onnx_session.py (file names and the session). This module puts them together for one prompt.
 """
 from __future__ import annotations
 
@@ -17,12 +17,12 @@ from ..console import warn
 from .decoders import Decoder, OnnxDecoder, TorchDecoder, load_torch_model
 from ..model_dir.inspection import inspect_model_dir
 from ..errors import InputError
-from ..model_dir.model_files import context_length, first_line, load_tokenizer
+from ..model_dir.model_files import TextTokenizer, context_length, first_line, load_tokenizer
 from .onnx_session import model_file, onnx_session
 from .onnx_session import ONNX_FILE, QUANTIZED_ONNX_FILE, physical_cores  # noqa: F401  (benchmarks import them here)
 from .decode_loop import decode
 from .streamer import TextStreamer
-from ..data.template import PromptTemplate
+from ..data.template import PromptTemplate, template_beside
 
 
 @dataclass(frozen=True)
@@ -80,6 +80,14 @@ def prompt_text(config: GenerateConfig, template: PromptTemplate, tools: list[di
     return template.prompt(config.prompt, tools=tools)
 
 
+def stop_token_id(tokenizer: TextTokenizer, template: PromptTemplate) -> int | None:
+    """Where an answer ends: a chat template's end-of-turn token (a session makes it the eos; a model no session
+    trained may name another eos), else the tokenizer's eos."""
+    end = getattr(template, "end_of_turn", None)
+    ids = tokenizer.encode(end) if end else []
+    return ids[0] if len(ids) == 1 else tokenizer.eos_token_id
+
+
 def generate(config: GenerateConfig, stream: TextIO = sys.stdout) -> GenerationResult:
     """Stream the completion of `config.prompt` to `stream`; status and speed go to stderr."""
     tools = read_tools_file(config.tools) if config.tools else None
@@ -87,7 +95,8 @@ def generate(config: GenerateConfig, stream: TextIO = sys.stdout) -> GenerationR
     option = "--onnx-output" if config.backend == "onnx" else "--output-dir"
     directory = config.model_dir()
     tokenizer = load_tokenizer(directory, option)
-    text = prompt_text(config, PromptTemplate.load(directory), tools)
+    template = template_beside(directory)
+    text = prompt_text(config, template, tools)
     prompt_ids = tokenizer.encode(text)
     if not prompt_ids:
         raise InputError("--prompt is empty; give the model something to answer")
@@ -99,7 +108,7 @@ def generate(config: GenerateConfig, stream: TextIO = sys.stdout) -> GenerationR
     if max_new_tokens < config.max_new_tokens:
         warn(f"⚠️  Only {max_new_tokens} new tokens fit in the model's {limit}-token context")
     streamer = TextStreamer(tokenizer, stream)
-    eos = tokenizer.eos_token_id
+    eos = stop_token_id(tokenizer, template)
     decoded = decode(decoder, prompt_ids, max_new_tokens, eos, config.temperature, config.top_p, config.seed,
                      on_token=streamer.put)
     completion = streamer.end()

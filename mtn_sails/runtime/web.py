@@ -24,7 +24,7 @@ from ..console import say, show
 from ..errors import InputError
 from ..model_dir.model_files import context_length, read_json
 from .onnx_session import ONNX_FILE, QUANTIZED_ONNX_FILE, model_file
-from ..data.template import TEMPLATE_FILE, PromptTemplate
+from ..data.template import TEMPLATE_FILE, template_beside
 
 PAGE_DIR = Path(__file__).with_name("web_page")
 PAGE_FILES = ("index.html", "app.js", "sails.mjs", "style.css")
@@ -113,7 +113,7 @@ def site_settings(onnx_dir: Path, dtypes: list[str], max_new_tokens: int) -> dic
     name = onnx_dir.resolve().name + (f" ({model_type})" if model_type else "")
     return {"generator": "mtn-sails web", "mtn_sails": __version__, "name": name, "model": MODEL_DIR,
             "dtypes": dtypes, "max_new_tokens": max_new_tokens, "context": context_length(onnx_dir),
-            "template": asdict(PromptTemplate.load(onnx_dir))}
+            "template": asdict(template_beside(onnx_dir))}
 
 
 def write_site(onnx_dir: Path, target: Path, node_modules: Path, max_new_tokens: int) -> WebSite:

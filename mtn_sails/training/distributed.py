@@ -91,10 +91,13 @@ def requested_sharding() -> list[str]:
 
 
 def model_to_measure(trainer, staging: Path, processes: Processes):
-    """The model the main process scores after the save: the trained one in memory when it trained alone,
-    else the full copy just saved in `staging` (a sharded engine leaves only a shard on each process)."""
+    """The model the main process scores after the save, in the precision its users run it: the trained one in
+    memory when it trained alone, else the full copy just saved in `staging` (a sharded engine leaves only a
+    shard on each process)."""
     if processes.world_size <= 1:
-        return trainer.model
+        # accelerate wraps forward in the session's mixed-precision autocast; scored inside it, a bf16 session's
+        # probe disagreed with the saved weights that generate and transformers run in fp32
+        return trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(staging).to(trainer.args.device)

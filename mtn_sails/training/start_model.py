@@ -59,11 +59,15 @@ def load_start_model(plan: TrainingPlan, config: TrainConfig, records: Iterable[
 
 
 def _load_pretrained(source: str):
-    """(model, tokenizer) of a hub id or a local model directory; one line when it cannot be loaded."""
+    """(model, tokenizer) of a hub id, a local model directory or a .gguf file; one line when it cannot be
+    loaded."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    from .gguf_file import is_gguf_file, load_gguf
     from .hub import hub_hint, hub_reachable
 
+    if is_gguf_file(source):
+        return load_gguf(source)
     local_only = Path(source).exists() or not hub_reachable()
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)

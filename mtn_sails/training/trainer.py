@@ -1,4 +1,5 @@
-"""The HF Trainer wrapper: train, evaluate (tokenising lives in tokenized.py, batching in collators.py).
+"""The HF Trainer wrapper: arguments, precision, the epoch report and the loss (tokenising lives in tokenizing.py,
+batching in collators.py, scoring in scoring.py).
 
 Imported only by the commands that train, so `--help` and `validate` never load torch.
 """

