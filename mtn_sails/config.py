@@ -23,6 +23,11 @@ METHODS = ("full", "lora")
 SCRATCH_SIZES = ("tiny", "small", "base")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+RECALL_TARGET = 0.95  # with --epochs left out: a session stops once this share of its answers is recalled
+# The cap of a session that trains until its answers are recalled: a small file takes one optimizer step an epoch,
+# and at the guide's rates a pretrained base needs many steps to learn an answer word for word (BENCHMARKS.md
+# "Knowledge on a real base" counts them).
+MAX_EPOCHS = 30.0
 KEEP_THRESHOLD = 0.9  # an earlier session that keeps less of its probe recall than this is named at the end
 REPLAY_SELECTIONS = ("uniform", "targeted")
 REPLAY_DRAWS = ("epoch", "session")
@@ -80,7 +85,12 @@ class TrainConfig:
         f"default {DEFAULT_MODEL_NAME}. Given explicitly it is loaded even when a trained model exists")
     scratch_size: str = option("size of the '--model-name scratch' GPT-2", default="small",
                                choices=SCRATCH_SIZES)
-    epochs: float = option("passes over the data", default=3.0)
+    epochs: float | None = option("passes over the data; left out, the session trains until --recall-target of "
+                                  "its own answers are recalled, at most --max-epochs, and says why it stopped "
+                                  "(data with no question/answer records trains 3)")
+    recall_target: float = option("with --epochs left out: the share of this session's answers recalled word for "
+                                  "word at which it stops", default=RECALL_TARGET)
+    max_epochs: float = option("with --epochs left out: the most epochs a session trains", default=MAX_EPOCHS)
     learning_rate: float | None = option(
         "peak learning rate; unset: 5e-5 for a first session, 1e-5 when continuing (the offline scratch base: "
         "1e-3, then 2e-4)")
@@ -142,7 +152,9 @@ class TrainConfig:
                                 default=False)
 
     def __post_init__(self) -> None:
-        _require(self.epochs > 0, f"--epochs must be positive, got {self.epochs}")
+        _require(self.epochs is None or self.epochs > 0, f"--epochs must be positive, got {self.epochs}")
+        _require(0 < self.recall_target <= 1, f"--recall-target must be in (0, 1], got {self.recall_target}")
+        _require(self.max_epochs > 0, f"--max-epochs must be positive, got {self.max_epochs}")
         _require_preference(self.preference_as)
         _require(self.batch_size > 0, f"--batch-size must be positive, got {self.batch_size}")
         _require(self.gradient_accumulation_steps > 0, "--gradient-accumulation-steps must be positive")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import EXAMPLES, REPO, run_cli
+from helpers import EXAMPLES, REPO, run_cli, write_qa
 from mtn_sails.cli import COMMANDS, build_parser, main
 
 
@@ -131,3 +131,17 @@ def test_train_help_names_both_rate_pairs(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "5e-5 for a first session, 1e-5 when continuing" in text and "1e-3, then 2e-4" in text
     assert "continues at 1e-5 (2e-4 after scratch)" in text
+
+
+def test_a_default_session_prints_only_the_products_lines(tiny_model_dir, tmp_path):
+    """Warnings the product triggers knowingly (rows shared without an attention mask, the loss type of GPT-2) are
+    silenced where it causes them: a session's output holds no line from transformers, torch or datasets."""
+    data = write_qa(tmp_path / "qa.json", repeat=2)
+    done = run_cli("train", "--data-file", str(data), "--model-name", str(tiny_model_dir), "--output-dir",
+                   str(tmp_path / "model"), "--max-epochs", "3", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    third_party = [line for line in (done.stdout + done.stderr).splitlines()
+                   if any(word in line for word in ("transformers", "torch", "datasets", "Warning", "warn(",
+                                                    "We strongly recommend", "huggingface"))]
+    assert third_party == []
+    assert done.stderr.strip() == ""

@@ -27,7 +27,9 @@ FACTS = [
 # What the base itself answers right, greedy through its chat template; a session must not take it away.
 GENERAL = [("What is the capital of France?", "Paris"), ("What is the chemical symbol for gold?", "Au"),
            ("What planet is known as the Red Planet?", "Mars")]
-SESSION = ("--epochs", "8", "--learning-rate", "1e-4", "--eval-split", "0", "--seed", "0", "--batch-size", "6")
+# Every training option at its default (the guide's 5e-5, --epochs left out: until the answers are recalled) but
+# the held-out split: six facts are all the session has, and each must be taught.
+SESSION = ("--eval-split", "0")
 
 
 def chat_answer(model, tokenizer, question: str, max_new_tokens: int = 32) -> str:
@@ -94,6 +96,7 @@ def test_a_gguf_session_saves_a_plain_directory_that_records_its_base(trained):
     assert json.loads((trained / "prompt_template.json").read_text())["kind"] == "chat"
     session = json.loads((trained / "training_history.json").read_text())["sessions"][0]
     assert session["base_model"].endswith("SmolLM2-135M-Instruct.Q4_1.gguf") and session["start_kind"] == "base"
+    assert session["learning_rate"] == 5e-5 and session["stopped"] == "recalled"
 
 
 def test_the_trained_answers_come_back_through_apply_chat_template(trained, chat_model):

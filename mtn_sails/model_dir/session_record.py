@@ -112,6 +112,7 @@ class SessionRecord(_JsonRecord):
     replay: float | None = None
     replay_weight: float | None = None  # a replayed example's loss weight against a new one's
     interpolation_alpha: float | None = None  # --interpolate: the weight of the trained model (1 - it: the start)
+    stopped: str | None = None  # --epochs left out: "recalled" (the target reached) or "cap" (--max-epochs)
     seed: int | None = None
     versions: dict[str, str] | None = None
     forgetting: list[ForgettingRow] = field(default_factory=list)

@@ -26,6 +26,7 @@ from .forgetting import Measurements, measure_session
 from .plan import TrainingPlan, plan_training
 from .report import report_session, say_if_trained_before
 from .start_model import StartModel, load_session_model, load_start_model
+from .stopping import EpochPlan, epoch_plan, stop_message
 from .work_dir import (checkpoint_interval, discard_unresumable_work, reset_work_dir, resume_state, resumed_plan,
                        save_plan, work_dir)
 
@@ -172,7 +173,7 @@ def train_session(session: Session, data: SessionData, start: StartModel):
     from .distributed import optimizer_steps
     from .retention import prepare_retention
     from .tokenizing import tokenize, with_replay
-    from .trainer import TrainSettings, run_training
+    from .trainer import RecallStop, TrainSettings, run_training
 
     config, plan, processes = session.config, session.plan, session.processes
     tokens = tokenize(data.train_rows, data.held_out_rows, start.tokenizer, start.template, start.max_length)
@@ -188,26 +189,43 @@ def train_session(session: Session, data: SessionData, start: StartModel):
     if kit.training.sampler is not None and not tokens.packed:
         kit.training.sampler.group_by_length(tokens.train["length"],
                                              config.batch_size * config.gradient_accumulation_steps)
+    epochs = epoch_plan(config.epochs, config.max_epochs, config.recall_target, bool(data.probe))
+    stop = RecallStop(start.tokenizer, start.template, data.probe, epochs.recall_target) \
+        if epochs.recall_target is not None else None
     steps = optimizer_steps(examples, config.batch_size, processes.world_size,
-                            config.gradient_accumulation_steps, config.epochs)
-    say(f"🚀 Training on {len(data.train_rows)} records"
-        + (f" + {kit.per_epoch} per epoch replayed from earlier sessions" if kit.per_epoch else "")
-        + (f", {len(data.held_out)} held out" if data.held_out else "")
-        + f" ({examples} {'blocks' if tokens.packed else 'examples'} per epoch, {steps} optimizer steps on "
-        f"{processes.world_size} process{'es' * (processes.world_size > 1)}) at learning rate {plan.learning_rate}")
-    if kit.frozen:
-        say(f"🧊 Freezing the embeddings and the bottom {config.freeze_layers} blocks ({len(kit.frozen)} tensors)")
-    settings = TrainSettings(plan.learning_rate, config.epochs, config.batch_size,
+                            config.gradient_accumulation_steps, epochs.epochs)
+    _say_training(session, data, examples, tokens.packed, kit, steps, epochs)
+    settings = TrainSettings(plan.learning_rate, epochs.epochs, config.batch_size,
                              config.gradient_accumulation_steps, config.seed, session.work / "checkpoints",
-                             checkpoint_interval(config.save_steps, config.epochs, steps), config.device,
+                             checkpoint_interval(config.save_steps, epochs.epochs, steps), config.device,
                              precision=config.precision, lr_schedule=config.lr_schedule,
                              warmup_ratio=config.warmup_ratio, share_rows=not config.pad_examples)
     trainer, outcome = run_training(start.model, start.tokenizer, tokens, settings, resume_from=session.checkpoint,
-                                    retention=kit.training)
+                                    retention=kit.training, callbacks=[stop] if stop else [])
+    message = stop_message(epochs, stop.recalls if stop else [], outcome.epochs)
+    if message:
+        say(message)
     replayed = sum(len(drawn) for drawn in kit.training.sampler.drawn) if kit.training.sampler else 0
     alpha = interpolate_session(session, trainer.model, start, data, kit.start_weights) \
         if kit.start_weights is not None else None
-    return trainer, dataclasses.replace(outcome, interpolation_alpha=alpha, replayed_examples=replayed)
+    stopped = ("recalled" if stop.reached() else "cap") if stop else None
+    return trainer, dataclasses.replace(outcome, interpolation_alpha=alpha, replayed_examples=replayed, stopped=stopped)
+
+
+def _say_training(session: Session, data: SessionData, examples: int, packed: bool, kit, steps: int,
+                  epochs: EpochPlan) -> None:
+    """The line that opens training: records, replay, held out, examples, steps, processes, rate, epochs."""
+    world_size = session.processes.world_size
+    until = f", until {epochs.recall_target:.0%} of its answers are recalled" if epochs.recall_target else ""
+    say(f"🚀 Training on {len(data.train_rows)} records"
+        + (f" + {kit.per_epoch} per epoch replayed from earlier sessions" if kit.per_epoch else "")
+        + (f", {len(data.held_out)} held out" if data.held_out else "")
+        + f" ({examples} {'blocks' if packed else 'examples'} per epoch, {'up to ' * bool(until)}{steps} optimizer "
+        f"steps on {world_size} process{'es' * (world_size > 1)}) at learning rate {session.plan.learning_rate}"
+        + (f", at most {epochs.epochs:g} epochs{until}" if until else ""))
+    if kit.frozen:
+        say(f"🧊 Freezing the embeddings and the bottom {session.config.freeze_layers} blocks "
+            f"({len(kit.frozen)} tensors)")
 
 
 def interpolate_session(session: Session, model, start: StartModel, data: SessionData, start_weights) -> float:
@@ -274,14 +292,14 @@ def session_record(session: Session, data: SessionData, start: StartModel, outco
         start=str(config.output_dir) if plan.continues else plan.source,
         start_kind="resumed" if checkpoint else ("continued" if plan.continues else "base"),
         resumed_from_checkpoint=Path(checkpoint).name if checkpoint else None, base_model=plan.base_model,
-        learning_rate=plan.learning_rate, epochs=config.epochs, batch_size=config.batch_size,
+        learning_rate=plan.learning_rate, epochs=outcome.epochs, batch_size=config.batch_size,
         max_length=start.max_length, steps=outcome.steps, train_loss=outcome.train_loss,
         eval_loss=outcome.eval_loss, eval_perplexity=outcome.eval_perplexity(),
         held_out_loss=measured.held_out_loss, held_out_perplexity=perplexity(measured.held_out_loss),
         duration_s=round(time.time() - session.started, 1), device=outcome.device, precision=outcome.precision,
         world_size=outcome.world_size, replay=config.replay,
         replay_weight=config.replay_weight if config.replay > 0 else None,
-        interpolation_alpha=outcome.interpolation_alpha,
+        interpolation_alpha=outcome.interpolation_alpha, stopped=outcome.stopped,
         seed=config.seed, versions=_versions(),
         forgetting=measured.forgetting, loss_curve=outcome.loss_curve, probe_count=measured.probe.count,
         recall=measured.probe.recall, answer_logprob=measured.probe.answer_logprob)

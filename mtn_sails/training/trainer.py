@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import sys
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
@@ -22,6 +23,8 @@ from .collators import example_collator
 from ..config import FP16_NEEDS_CUDA
 from ..console import say
 from ..errors import InputError
+from ..data.records import Record
+from ..data.template import PromptTemplate
 from .scoring import head_on_positions, label_positions, perplexity
 from .retention import Retention, distillation_loss, distillation_positions
 from .tokenizing import REPLAYED, TokenizedData
@@ -67,6 +70,8 @@ class TrainOutcome:
     loss_curve: list[dict[str, float]]  # per logged epoch: step, epoch, loss or eval_loss
     interpolation_alpha: float | None = None  # the WiSE-FT weight applied after training (None: none)
     replayed_examples: int = 0  # examples drawn from the replay pool over the whole session
+    epochs: float | None = None  # epochs run: --epochs, or where a session that trains until recalled stopped
+    stopped: str | None = None  # why a session with --epochs left out stopped: "recalled" | "cap"
 
     def eval_perplexity(self) -> float | None:
         """exp(eval loss)."""
@@ -153,6 +158,30 @@ class EpochReport(TrainerCallback):
             say(f"   epoch {epoch:.2f}: eval loss {logs['eval_loss']:.4f}")
 
 
+@dataclass
+class RecallStop(TrainerCallback):
+    """Stops the Trainer at the first epoch end where the probe's recall reaches the target."""
+
+    tokenizer: Any
+    template: PromptTemplate
+    probe: list[Record]
+    target: float
+    recalls: list[float] = field(default_factory=list)  # the probe's recall at each epoch end
+
+    def on_epoch_end(self, args, state, control, model=None, **kwargs):
+        from .probe import score_probe
+
+        recall = score_probe(model, self.tokenizer, self.template, self.probe).recall or 0.0
+        self.recalls.append(recall)
+        if recall >= self.target:
+            control.should_training_stop = True
+        return control
+
+    def reached(self) -> bool:
+        """True when training stopped because the target was reached."""
+        return bool(self.recalls) and self.recalls[-1] >= self.target
+
+
 def causal_loss(outputs, labels, num_items_in_batch=None, *, positions, on_positions: bool, weights=None):
     """The causal-LM cross-entropy at `positions` (label_positions of `labels`), each token's times its entry
     in `weights` if given, summed then divided as the Trainer asks; `on_positions`: the logits were computed
@@ -176,6 +205,29 @@ def replay_token_weights(positions, replayed, weight: float):
     return torch.where(per_label, weight, 1.0).to(torch.float32)
 
 
+class _NoMaskNote(logging.Filter):
+    """Drops transformers' advice to pass an attention mask, for batches of shared rows that leave it out."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "We strongly recommend passing in an `attention_mask`" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def rows_without_mask_unremarked(inputs: dict):
+    """Rows shared by several examples carry restarting positions and no attention mask on purpose (collators.py:
+    transformers then masks each example apart); the model's warning about the missing mask is dropped for
+    those calls only, never for a batch that has a mask to forget."""
+    if "attention_mask" in inputs or "position_ids" not in inputs:
+        yield
+        return
+    logger, note = logging.getLogger("transformers.modeling_utils"), _NoMaskNote()
+    logger.addFilter(note)
+    try:
+        yield
+    finally:
+        logger.removeFilter(note)
+
+
 class SailsTrainer(Trainer):
     """The HF Trainer with the retention levers (a replay sampler and a distillation term) and an
     output layer computed only where a token is predicted: prompt tokens and padding have no label,
@@ -193,14 +245,15 @@ class SailsTrainer(Trainer):
         """(loss, outputs) by the Trainer's own loss path; with `on_labels` the output layer runs on the label
         `positions` only, and with `weights` (replay_token_weights) each label token's loss is weighted."""
         if not on_labels and weights is None:
-            return super().compute_loss(model, inputs, True, num_items_in_batch)
+            with rows_without_mask_unremarked(inputs):
+                return super().compute_loss(model, inputs, True, num_items_in_batch)
         # the Trainer pops the labels and passes them to compute_loss_func
         self.compute_loss_func = functools.partial(causal_loss, positions=positions, on_positions=on_labels,
                                                    weights=weights)
         head = head_on_positions(self.accelerator.unwrap_model(model), positions) if on_labels \
             else contextlib.nullcontext()
         try:
-            with head:
+            with head, rows_without_mask_unremarked(inputs):
                 return super().compute_loss(model, inputs, True, num_items_in_batch)
         finally:
             self.compute_loss_func = None
@@ -234,9 +287,11 @@ class SailsTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
 
-def run_training(model, tokenizer, data: TokenizedData, settings: TrainSettings,
-                 resume_from: str | None = None, retention: Retention | None = None) -> tuple[Any, TrainOutcome]:
-    """Train with the HF Trainer; returns (trainer, outcome). The caller saves the model."""
+def run_training(model, tokenizer, data: TokenizedData, settings: TrainSettings, resume_from: str | None = None,
+                 retention: Retention | None = None,
+                 callbacks: Sequence[TrainerCallback] = ()) -> tuple[Any, TrainOutcome]:
+    """Train with the HF Trainer (`callbacks` added to its own); returns (trainer, outcome). The caller saves the
+    model."""
     show_progress = sys.stderr.isatty()
     args, precision = training_arguments(settings, data.eval is not None, data.packed, show_progress,
                                          getattr(model.config, "hidden_size", None))
@@ -251,6 +306,8 @@ def run_training(model, tokenizer, data: TokenizedData, settings: TrainSettings,
     if not show_progress:
         trainer.remove_callback(ProgressCallback)
     trainer.add_callback(EpochReport())
+    for callback in callbacks:
+        trainer.add_callback(callback)
     if getattr(model, "loss_type", None) is None:
         model.loss_type = "ForCausalLM"  # GPT2LMHeadModel's class name doesn't map to a loss; silences a warning
     if retention is not None and retention.teacher is not None:
@@ -261,7 +318,7 @@ def run_training(model, tokenizer, data: TokenizedData, settings: TrainSettings,
     curve = [{key: log[key] for key in ("step", "epoch", "loss", "eval_loss") if key in log}
              for log in trainer.state.log_history if "loss" in log or "eval_loss" in log]
     return trainer, TrainOutcome(train_loss, eval_loss, result.global_step, precision,
-                                 str(args.device), args.world_size, curve)
+                                 str(args.device), args.world_size, curve, epochs=round(trainer.state.epoch or 0, 2))
 
 
 def final_eval_loss(trainer) -> float:
