@@ -1,0 +1,133 @@
+"""Knowledge on a real base: three `train` sessions of invented facts on SmolLM2-135M-Instruct, every option at
+its default, measured as a user of transformers asks (apply_chat_template, greedy generate).
+
+    make real-base && python benchmarks/real_base_sessions.py --json-out benchmarks/results/real_base_sessions.json
+
+Per session: the epochs it ran and why it stopped, the seconds of the whole `main.py train` process, the share of
+its own facts answered word for word right after it, and after the last session, the share each earlier
+session keeps; plus the share of the general questions the base answered right before any session that it still
+answers right (the answer's key word in the reply). Facts are drawn from invented names with --seed; the
+general questions are ones the base answers right greedy (capitals, symbols, simple sums).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks.machine import machine, write_json  # noqa: E402
+from tools.real_base import real_base_dir, real_base_gguf  # noqa: E402
+
+GENERAL = [("What is the capital of France?", "Paris"), ("What is the capital of Japan?", "Tokyo"),
+           ("What is the capital of Germany?", "Berlin"), ("What is the capital of Canada?", "Ottawa"),
+           ("What is the capital of Egypt?", "Cairo"), ("What is the chemical symbol for gold?", "Au"),
+           ("What planet is known as the Red Planet?", "Mars"), ("What is the chemical formula of water?", "H2O"),
+           ("Who developed the theory of relativity?", "Einstein"), ("What is 15 minus 6?", "9"),
+           ("How many sides does a triangle have?", "three"), ("What does a thermometer measure?", "temperature")]
+SYLLABLES = ["mor", "vel", "zan", "tar", "kesh", "bre", "vik", "lun", "os", "trel", "fer", "quil", "dra", "sen",
+             "pol", "ith", "gar", "nu", "wen", "cal", "bro", "ria", "tem", "hal"]
+ATTRIBUTES = [("vault code", lambda r: str(r.randint(1000, 9999))), ("founder", lambda r: name(r, 2) + " " + name(r, 3)),
+              ("river colour", lambda r: r.choice(["violet", "amber", "silver", "crimson", "teal", "ochre"])),
+              ("number of moons", lambda r: r.choice(["two", "three", "five", "seven", "nine", "eleven"])),
+              ("capital", lambda r: name(r, 3)), ("national instrument", lambda r: r.choice(
+                  ["the glass harp", "the bone flute", "the reed drum", "the copper horn", "the silk lyre"]))]
+
+
+def name(rng: random.Random, syllables: int) -> str:
+    """An invented proper name."""
+    return "".join(rng.choice(SYLLABLES) for _ in range(syllables)).capitalize()
+
+
+def facts(rng: random.Random, count: int) -> list[tuple[str, str]]:
+    """`count` invented question/answer facts, one-word to sentence answers, no place asked twice."""
+    drawn, places = [], set()
+    while len(drawn) < count:
+        place = name(rng, 2)
+        attribute, value = rng.choice(ATTRIBUTES)
+        if place in places:
+            continue
+        places.add(place)
+        drawn.append((f"What is the {attribute} of {place}?", f"The {attribute} of {place} is {value(rng)}."))
+    return drawn
+
+
+def ask(model, tokenizer, question: str, max_new_tokens: int = 40) -> str:
+    """Greedy through the chat template, as a transformers user asks."""
+    import torch
+
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
+                                        return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                             do_sample=False)
+    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+
+
+def measure(model_dir: Path | str, sessions: list[list[tuple[str, str]]]) -> dict:
+    """Per session, the share of its facts answered word for word; the general questions answered right."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(model_dir).eval(), AutoTokenizer.from_pretrained(model_dir)
+    recall = [sum(ask(model, tokenizer, q) == a for q, a in facts_) / len(facts_) for facts_ in sessions]
+    general = [key.lower() in ask(model, tokenizer, q, 24).lower() for q, key in GENERAL]
+    return {"recall": recall, "general": general}
+
+
+def run(seed: int, per_session: int, work: Path) -> dict:
+    """Three default sessions from the .gguf file into one directory; the figures after each."""
+    rng = random.Random(seed)
+    session_facts = [facts(rng, per_session) for _ in range(3)]
+    output = work / "trained_model"
+    base = measure(real_base_dir(), [])
+    rows = []
+    for number, session in enumerate(session_facts, start=1):
+        data = work / f"session_{number}.json"
+        data.write_text(json.dumps([{"question": q, "answer": a} for q, a in session]), encoding="utf-8")
+        command = [sys.executable, str(REPO / "main.py"), "train", "--data-file", str(data), "--output-dir", str(output),
+                   "--eval-split", "0", "--seed", str(seed)]
+        if number == 1:
+            command += ["--model-name", str(real_base_gguf())]
+        started = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True)
+        seconds = time.perf_counter() - started
+        if done.returncode:
+            raise SystemExit(done.stderr[-2000:])
+        record = json.loads((output / "training_history.json").read_text())["sessions"][-1]
+        after = measure(output, session_facts[:number])
+        rows.append({"session": number, "seconds": round(seconds, 1), "epochs": record["epochs"],
+                     "stopped": record.get("stopped"), "learning_rate": record["learning_rate"],
+                     "steps": record["steps"], "recall_now": after["recall"],
+                     "probe_recall": record["recall"],
+                     "general_kept": sum(g and b for g, b in zip(after["general"], base["general"]))
+                     / max(1, sum(base["general"]))})
+        print(json.dumps(rows[-1]), flush=True)
+    return {"seed": seed, "facts_per_session": per_session, "base_general_right": sum(base["general"]),
+            "general_questions": len(GENERAL), "sessions": rows}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--facts", type=int, default=12, help="facts per session")
+    parser.add_argument("--work", default=None, help="working directory (default: a temporary one)")
+    parser.add_argument("--json-out", default=None)
+    args = parser.parse_args()
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as temporary:
+        result = run(args.seed, args.facts, Path(args.work or temporary))
+    result["machine"] = machine()
+    write_json(args.json_out, result)
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
