@@ -33,7 +33,7 @@ REPLAY_SELECTIONS = ("uniform", "targeted")
 REPLAY_DRAWS = ("epoch", "session")
 DISTILL_POSITIONS = ("answers", "replayed", "all")
 # A replayed example's loss weight: at 0.1 replay, one replayed example in eleven relearns a lost answer too slowly
-# to outpace the new session; weighted 4x it did on the forgetting benchmark (CONTINUOUS_TRAINING.md).
+# to outpace the new session; weighted it did on the forgetting benchmark (CONTINUOUS_TRAINING.md).
 REPLAY_WEIGHT = 4.0
 MAX_REPLAY = 10.0  # replayed examples per new one; beyond it the session is mostly replay
 LR_SCHEDULES = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")

@@ -37,8 +37,8 @@ def onnx_session(model_path: str | Path, threads: int | None = None):
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # One thread per physical core: +30-50% over one thread in BENCHMARKS.md ("Generation speed
-    # (CPU)"); hyper-threads share a core's memory bandwidth and vector units, so they are not counted.
+    # One thread per physical core (BENCHMARKS.md "Generation speed (CPU)" measures it against one);
+    # hyper-threads share a core's memory bandwidth and vector units, so they are not counted.
     options.intra_op_num_threads = threads or physical_cores()
     options.log_severity_level = 3  # errors only: ORT's graph-optimiser notes are not for users
     return ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])

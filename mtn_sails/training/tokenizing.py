@@ -129,8 +129,8 @@ def token_ids(tokenizer, texts: list[str]) -> list[list[int]]:
     # A tokenizer.json may carry its own truncation or padding, which tokenizer() switches off per call.
     if backend is None or getattr(backend, "truncation", None) or getattr(backend, "padding", None):
         return tokenizer(texts, add_special_tokens=False)["input_ids"]
-    # encode_batch_fast skips offsets and the wrapper's per-encoding dicts (with int32 columns: tokenising
-    # 1.24x faster, BENCHMARKS.md "Tokenisation at scale").
+    # encode_batch_fast skips offsets and the wrapper's per-encoding dicts (with int32 columns; BENCHMARKS.md
+    # "Tokenisation at scale" measures what it pays).
     encode = getattr(backend, "encode_batch_fast", None) or backend.encode_batch
     return [encoding.ids for encoding in encode(texts, add_special_tokens=False)]
 

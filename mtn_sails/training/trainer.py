@@ -32,8 +32,8 @@ from .tokenizing import REPLAYED, TokenizedData
 # Checkpoint rotation on filesystems with coarse mtimes; the Trainer falls back to step numbers, which is right.
 warnings.filterwarnings("ignore", message="mtime may not be reliable")
 
-# bf16 autocast on a CPU with native bf16 pays from distilgpt2's width: a whole session 1.50x faster at 768 wide,
-# a step 1.06x at 256 (BENCHMARKS.md "Whole-session speed"); narrower models keep fp32's arithmetic.
+# bf16 autocast on a CPU with native bf16 pays from distilgpt2's width and barely at 256 (BENCHMARKS.md
+# "Whole-session speed" and cpu_threads measure both); narrower models keep fp32's arithmetic.
 BF16_CPU_MIN_WIDTH = 512
 
 
