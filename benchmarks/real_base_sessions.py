@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.machine import machine, write_json  # noqa: E402
-from tools.real_base import real_base_dir, real_base_gguf  # noqa: E402
+from tools.real_base import chat_answer as ask, real_base_dir, real_base_gguf  # noqa: E402
 
 GENERAL = [("What is the capital of France?", "Paris"), ("What is the capital of Japan?", "Tokyo"),
            ("What is the capital of Germany?", "Berlin"), ("What is the capital of Canada?", "Ottawa"),
@@ -56,18 +56,6 @@ def facts(rng: random.Random, count: int) -> list[tuple[str, str]]:
         places.add(place)
         drawn.append((f"What is the {attribute} of {place}?", f"The {attribute} of {place} is {value(rng)}."))
     return drawn
-
-
-def ask(model, tokenizer, question: str, max_new_tokens: int = 40) -> str:
-    """Greedy through the chat template, as a transformers user asks."""
-    import torch
-
-    ids = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
-                                        return_tensors="pt")
-    with torch.no_grad():
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                             do_sample=False)
-    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
 
 
 def measure(model_dir: Path | str, sessions: list[list[tuple[str, str]]]) -> dict:

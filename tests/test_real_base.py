@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from helpers import run_cli, write_qa
-from tools.real_base import real_base_dir, real_base_gguf
+from tools.real_base import chat_answer, real_base_dir, real_base_gguf
 from web_model import node_generate
 
 # Invented facts: a base cannot know them, so recalling them word for word shows the session taught them.
@@ -30,18 +30,6 @@ GENERAL = [("What is the capital of France?", "Paris"), ("What is the chemical s
 # Every training option at its default (the guide's 5e-5, --epochs left out: until the answers are recalled) but
 # the held-out split: six facts are all the session has, and each must be taught.
 SESSION = ("--eval-split", "0")
-
-
-def chat_answer(model, tokenizer, question: str, max_new_tokens: int = 32) -> str:
-    """What a transformers user gets: apply_chat_template with the generation prompt, then greedy generate."""
-    import torch
-
-    ids = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
-                                        return_tensors="pt")
-    with torch.no_grad():
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                             do_sample=False)
-    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
 
 
 @pytest.fixture(scope="module")

