@@ -11,11 +11,8 @@ run.py leaves out names that start with "_").
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+import common  # noqa: F401  (this checkout's mtn_sails on sys.path)
 
 
 def main(argv: list[str] | None = None) -> int:

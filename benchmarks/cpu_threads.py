@@ -4,7 +4,7 @@
     python benchmarks/cpu_threads.py --quick                 # small shape, 8 x 128, one round
     python benchmarks/cpu_threads.py --json-out cpu_threads.json
 
-train_speed.py runs its arms as threads of one process, and those cannot hold different thread counts:
+train_speed.py and train_levers.py run their arms as threads of one process, which cannot hold different thread counts:
 torch.set_num_threads is per calling thread for OpenMP loops but process-wide for the oneDNN/MKL matmuls.
 So here every setting (threads, precision, machine load) is a fresh child process that does what a
 session's Trainer step does on the CPU: forward with labels, backward, fused AdamW step, on the same
@@ -17,20 +17,15 @@ Python loop each: another job holding a core, as on a shared machine or a laptop
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
-from machine import machine, write_json  # noqa: E402
+from common import GPT2_SHAPES, N_POSITIONS, REPO, load_average, machine, write_json
 
-SHAPES = {"distilgpt2": dict(n_layer=6, n_embd=768, n_head=12), "small": dict(n_layer=4, n_embd=256, n_head=4)}
+SHAPES = {name: GPT2_SHAPES[name] for name in ("distilgpt2", "small")}
 VOCAB = 16000  # as train_speed's scratch tokenizer
 BATCH = 8
 
@@ -43,7 +38,7 @@ def child(threads: int, precision: str, shape: str, seq: int, steps: int) -> dic
     from mtn_sails.training.start_model import use_fused_activation
 
     torch.set_num_threads(threads)
-    config = GPT2Config(vocab_size=VOCAB, n_positions=1024, **SHAPES[shape], loss_type="ForCausalLM")
+    config = GPT2Config(vocab_size=VOCAB, n_positions=N_POSITIONS, **SHAPES[shape], loss_type="ForCausalLM")
     use_fused_activation(config)
     torch.manual_seed(0)
     model = GPT2LMHeadModel(config).train()
@@ -81,8 +76,7 @@ def run(args) -> dict:
     settings = [(load, threads, precision) for load in loads for threads in thread_counts
                 for precision in ("fp32", "bf16")]
     times: dict[tuple, list[float]] = {setting: [] for setting in settings}
-    report = {"machine": {**machine(), "native_bf16": cpu_has_native_bf16(), "load_average_at_start": os.getloadavg(),
-                          "date": datetime.date.today().isoformat()},
+    report = {"machine": {**machine("torch"), "native_bf16": cpu_has_native_bf16()},
               "settings": {"shape": args.model_shape, "batch": BATCH, "seq": args.seq, "steps": args.steps,
                            "rounds": args.rounds, "busy_processes": args.busy}}
     for round_index in range(args.rounds):
@@ -107,7 +101,7 @@ def run(args) -> dict:
                      "vs_default_fp32_same_load": round(baseline / best, 3),
                      "step_s": [round(t, 3) for t in times[(load, threads, precision)]]})
     report["rows"] = rows
-    report["machine"]["load_average_at_end"] = os.getloadavg()
+    report["machine"]["load_average_at_end"] = load_average()
     return report
 
 

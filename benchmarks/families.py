@@ -31,7 +31,6 @@ import argparse
 import json
 import os
 import re
-import resource
 import shutil
 import statistics
 import subprocess
@@ -40,11 +39,8 @@ import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
-from machine import machine, write_json  # noqa: E402
+from common import REPO, load_average, machine, peak_rss_bytes, write_json
 
 # name: (family, shape for tests/model_families.model_config, positions)
 SHAPES = {
@@ -64,11 +60,6 @@ def rss_mb() -> float:
     import psutil
 
     return psutil.Process().memory_info().rss / 1e6
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident memory so far, MB (Linux reports KB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3
 
 
 def build_model(shape_name: str, seed: int = 0):
@@ -136,7 +127,8 @@ def run_arm(shape_name: str, arm: str, steps: int, batch_size: int, max_length: 
     return {"shape": shape_name, "arm": arm, "steps_timed": len(clock.seconds) - 1, "tokens_timed": timed_tokens,
             "tokens_per_s": round(timed_tokens / timed_seconds, 1), "step_s": [round(s, 3) for s in clock.seconds],
             "trainable_parameters": trainable, "parameters": total, "rss_before_training_mb": round(before, 1),
-            "peak_rss_mb": round(peak_rss_mb(), 1), "training_memory_mb": round(peak_rss_mb() - before, 1),
+            "peak_rss_mb": round(peak_rss_bytes() / 1e6, 1),
+            "training_memory_mb": round(peak_rss_bytes() / 1e6 - before, 1),
             "torch_threads": torch.get_num_threads()}
 
 
@@ -211,7 +203,7 @@ def run_session(shape_name: str, root: Path, records: int, epochs: float, max_le
     wall = time.perf_counter() - started
     if process.returncode:
         raise SystemExit("".join(output)[-3000:])
-    peak = max(peak, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1000)
+    peak = max(peak, peak_rss_bytes(children=True))
     history = json.loads((trained / "training_history.json").read_text())
     session = (history["sessions"] if isinstance(history, dict) else history)[-1]
     export_s = re.search(r"ONNX model ready at .* \(([\d.]+) MB, ([\d.]+) s\)", "".join(output))
@@ -271,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     shapes = ["tiny-llama"] if args.quick else ["distilgpt2", "smollm2-135m"]
     steps = 3 if args.quick else args.steps
     arms = ("full", "lora+checkpointing") if args.quick else ARMS
-    report = {"machine": machine(), "load_average_start": os.getloadavg(),
+    report = {"machine": machine("torch"), "load_average_start": load_average(),
               "settings": {"steps": steps, "batch_size": args.batch_size, "max_length": args.max_length,
                            "lora_rank": LORA_RANK, "lora_alpha": LORA_ALPHA}}
     if not args.no_training:
@@ -291,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{report['generation']['onnxruntime_over_torch']}x", flush=True)
         finally:
             shutil.rmtree(root, ignore_errors=True)
-    report["load_average_end"] = os.getloadavg()
+    report["load_average_end"] = load_average()
     write_json(args.json_out, report)
     return 0
 

@@ -30,7 +30,6 @@ import json
 import random
 import shutil
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -38,13 +37,10 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
 
-from machine import machine, write_json  # noqa: E402
+from common import TEXT_FILE, machine, write_json
 
-C4 = REPO / "tests" / "fixtures" / "c4_demo.jsonl"
+C4 = TEXT_FILE
 GENERAL_TEXT_DOCS = 30  # the last C4 documents: never trained on, the general-text perplexity
 NO_CHECKPOINTS = 10**9  # --save-steps: no resumable checkpoints; one per epoch costs more than the epoch itself
 KEEP_GOAL, KEEP_FLOOR = 0.90, 0.85  # mean over seeds, and every seed
@@ -489,7 +485,7 @@ def main(argv: list[str] | None = None) -> int:
             args.work_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="mtn-sails-forgetting-"))
         Path(args.work_dir).mkdir(parents=True, exist_ok=True)
         result = run(args)
-    result.update({"date": datetime.date.today().isoformat(), "machine": machine(),
+    result.update({"date": datetime.date.today().isoformat(), "machine": machine("torch"),
                    "settings": {k: v for k, v in vars(args).items() if k not in ("json_out", "verbose", "work_dir")},
                    "wall_s": round(time.perf_counter() - started, 1)})
     print("\nTuning half:\n" + markdown(result, "tune") + "\n\nTest half:\n" + markdown(result, "test"))

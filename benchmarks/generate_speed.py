@@ -27,10 +27,6 @@ trained model is measured by benchmarks/int8_agreement.py.
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
-import platform
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -39,42 +35,16 @@ from typing import Callable
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
-from machine import write_json  # noqa: E402
-
-from mtn_sails.config import ExportConfig  # noqa: E402
-from mtn_sails.runtime.export import export, quiet_exporters  # noqa: E402
-from mtn_sails.runtime.generation import (ONNX_FILE, QUANTIZED_ONNX_FILE, OnnxDecoder, TorchDecoder, decode,  # noqa: E402
-                                load_torch_model, onnx_session, physical_cores)
+from common import GENERATION_SHAPE as SHAPE, build_generation_model, load_average, machine, write_json
+from mtn_sails.config import ExportConfig
+from mtn_sails.runtime.export import export, quiet_exporters
+from mtn_sails.runtime.generation import (ONNX_FILE, QUANTIZED_ONNX_FILE, OnnxDecoder, TorchDecoder, decode,
+                                          load_torch_model, onnx_session, physical_cores)
 
 GOAL_RATIO = 1.5  # onnxruntime fp32 tokens/s over PyTorch eager
-SHAPE = dict(n_layer=6, n_embd=768, n_head=12, vocab_size=50257, n_positions=1024)  # distilgpt2
 PROMPT_TOKENS = 32
 PYTORCH = "PyTorch eager, model.generate(use_cache=True)"
 ONNX_FP32 = "onnxruntime fp32, generate.py (IO binding, ENABLE_ALL, 1 thread/core)"
-
-
-def machine() -> dict:
-    """What the numbers were measured on."""
-    import onnxruntime
-    import torch
-
-    model = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import psutil
-
-    return {"nproc": os.cpu_count(), "physical_cores": physical_cores(), "cpu": model,
-            "ram_gib": round(psutil.virtual_memory().total / 2**30, 1), "python": platform.python_version(),
-            "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "onnxruntime": onnxruntime.__version__, "date": datetime.date.today().isoformat()}
 
 
 def best_seconds(run: Callable[[], object], repeats: int) -> tuple[float, object]:
@@ -157,24 +127,6 @@ def fuse_transformer_ops(source: Path, target: Path) -> None:
         optimized.save_model_to_file(str(target))
 
 
-def build_model(directory: Path) -> None:
-    """The distilgpt2-shaped model with random weights and a scratch tokenizer, as training saves it."""
-    import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    from mtn_sails.training.scratch import train_tokenizer
-    from mtn_sails.data.template import PromptTemplate
-
-    words = "the sails catch the wind and the boat moves over the sea while the crew trims the ropes".split()
-    tokenizer = train_tokenizer([" ".join(words[i:] + words[:i]) for i in range(len(words))] * 20, 1000)
-    config = GPT2Config(**SHAPE, bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
-                        pad_token_id=tokenizer.eos_token_id)
-    torch.manual_seed(0)
-    GPT2LMHeadModel(config).save_pretrained(directory, safe_serialization=True)
-    tokenizer.save_pretrained(directory)
-    PromptTemplate().save(directory)
-
-
 def run(quick: bool, rounds: int | None = None, levers: bool | None = None) -> dict:
     """All measurements of one run."""
     import torch
@@ -182,14 +134,14 @@ def run(quick: bool, rounds: int | None = None, levers: bool | None = None) -> d
     new_tokens, repeats = (16, 2) if quick else (64, 10)
     repeats = rounds or repeats
     levers = (not quick) if levers is None else levers
-    report: dict = {"machine": machine(), "settings": {"batch": 1, "prompt_tokens": PROMPT_TOKENS,
+    report: dict = {"machine": machine("torch", "onnxruntime"), "settings": {"batch": 1, "prompt_tokens": PROMPT_TOKENS,
                                                        "new_tokens": new_tokens, "repeats": repeats,
                                                        "decoding": "greedy"}}
-    report["load_average_before"] = os.getloadavg()  # other processes on a shared machine disturb timings
+    report["load_average_before"] = load_average()  # other processes on a shared machine disturb timings
     print(f"machine: {report['machine']}, load average {report['load_average_before']}", flush=True)
     with tempfile.TemporaryDirectory(prefix="mtn-sails-bench-") as tmp:
         trained, onnx_dir = Path(tmp) / "trained_model", Path(tmp) / "onnx_model"
-        build_model(trained)
+        build_generation_model(trained)
         started = time.perf_counter()
         result = export(ExportConfig(output_dir=str(trained), onnx_output=str(onnx_dir), quantize=True))
         report["export"] = {"seconds": time.perf_counter() - started, "files": result.files,
@@ -274,7 +226,7 @@ def run(quick: bool, rounds: int | None = None, levers: bool | None = None) -> d
             row["same_tokens_as_pytorch"] = row.pop("tokens") == reference
         report["rows"] = rows
         bytes_fp32, bytes_int8 = weights_read_per_token(fp32), weights_read_per_token(int8)
-    report["load_average_after"] = os.getloadavg()
+    report["load_average_after"] = load_average()
     bandwidth = report["bandwidth"]["read_all_cores_gbs"] * 1e9
     report["bound"] = {"bytes_per_token_fp32": bytes_fp32, "bytes_per_token_int8": bytes_int8,
                        "tokens_per_s_fp32": bandwidth / bytes_fp32, "tokens_per_s_int8": bandwidth / bytes_int8}

@@ -17,21 +17,15 @@ and max |logit difference|, and greedy continuations of the held-out prompts com
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
-from machine import machine, quiet_session, write_json  # noqa: E402
+from common import PAIRS_FILE, load_average, machine, quiet_session, write_json
 
-DATA_FILE = REPO / "tests" / "fixtures" / "alpaca_en_demo.json"
+DATA_FILE = PAIRS_FILE
 NEAR_TIE = 1.0  # fp32 logit margin between its top-1 and top-2 under which a flip is a coin toss
 GOAL_POSITIONS = 500
 
@@ -113,8 +107,7 @@ def run(args) -> dict:
     from mtn_sails.training.scoring import IGNORE_INDEX
     from mtn_sails.training.tokenizing import tokenize_records
 
-    report: dict = {"machine": {**machine(), "load_average_at_start": list(os.getloadavg()),
-                                "date": datetime.date.today().isoformat()},
+    report: dict = {"machine": machine("torch"),
                     "settings": {k: v for k, v in vars(args).items() if k != "json_out"}}
     with tempfile.TemporaryDirectory(prefix="int8_agreement_") as tmp:
         work = Path(tmp)
@@ -152,7 +145,7 @@ def run(args) -> dict:
         report["greedy"] = {"prompts": len(prompts), "new_tokens": args.new_tokens,
                             "identical_continuations": same,
                             "fp32_tokens": tokens, "tokens_before_first_difference": matched}
-    report["machine"]["load_average_at_end"] = list(os.getloadavg())
+    report["machine"]["load_average_at_end"] = load_average()
     report["goal_positions_met"] = report["teacher_forced"]["positions"] >= GOAL_POSITIONS
     return report
 

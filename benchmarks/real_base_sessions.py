@@ -19,11 +19,8 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from benchmarks.machine import machine, write_json  # noqa: E402
-from tools.real_base import chat_answer as ask, real_base_dir, real_base_gguf  # noqa: E402
+from common import REPO, machine, write_json
+from tools.real_base import chat_answer as ask, real_base_dir, real_base_gguf
 
 GENERAL = [("What is the capital of France?", "Paris"), ("What is the capital of Japan?", "Tokyo"),
            ("What is the capital of Germany?", "Berlin"), ("What is the capital of Canada?", "Ottawa"),
@@ -111,7 +108,7 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as temporary:
         result = run(args.seed, args.facts, Path(args.work or temporary))
-    result["machine"] = machine()
+    result["machine"] = machine("torch")
     write_json(args.json_out, result)
     print(json.dumps(result, indent=1))
     return 0

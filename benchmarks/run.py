@@ -10,7 +10,7 @@ once), with `--json-out FILE`; results.json maps "benchmark.metric" to every num
 "run.<benchmark>.ok" and "run.<benchmark>.wall_s". A script in benchmarks/ that is not in the table
 below still runs, with `--quick` in the quick form. A benchmark that fails or overruns its time limit is
 reported and the others still run; the exit status is then 1. Modules without a `__main__` guard
-(shared helpers such as machine.py) are not benchmarks.
+(shared helpers such as common.py) are not benchmarks.
 """
 from __future__ import annotations
 
@@ -25,8 +25,9 @@ import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
+from common import REPO, write_json
+
+HERE = REPO / "benchmarks"
 RESULTS = HERE / "results.json"
 SKIPPED_KEYS = {"machine", "settings"}
 
@@ -36,6 +37,9 @@ BENCHMARKS: dict[str, tuple[list[str], list[str], int]] = {
     "validate_speed": (["--records", "20000"], [], 120),
     "tokenize_scale": (["--quick"], [], 150),
     "train_speed": (["--quick"], [], 300),
+    "train_levers": (["--quick"], [], 150),
+    "train_overheads": (["--quick"], [], 120),
+    "train_startup": (["--quick"], [], 120),
     "session_speed": (["--quick"], [], 120),
     "cpu_threads": (["--quick"], [], 150),
     "scratch_lr": (["--quick", "--epochs", "1"], [], 150),
@@ -60,7 +64,7 @@ def flatten(value, prefix: str, into: dict) -> None:
 
 
 def is_benchmark(path: Path) -> bool:
-    """A runnable script (it has a __main__ guard), not a helper module such as machine.py."""
+    """A runnable script (it has a __main__ guard), not a helper module such as common.py."""
     return path.stem != "run" and not path.stem.startswith("_") and \
         'if __name__ == "__main__":' in path.read_text(encoding="utf-8")
 
@@ -121,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"!!! {name} failed: {why}", flush=True)
     total = time.perf_counter() - started
     results["run.total_s"] = round(total, 1)
-    Path(args.out).write_text(json.dumps(results, indent=1, sort_keys=False) + "\n", encoding="utf-8")
+    write_json(args.out, results, indent=1)
     print(f"\n{len(names) - len(failures)}/{len(names)} benchmarks ran in {total:.0f} s; "
           f"{len(results)} figures in {args.out}")
     if args.quick and total > QUICK_BUDGET_S:

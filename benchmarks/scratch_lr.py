@@ -17,18 +17,14 @@ from __future__ import annotations
 import argparse
 import datetime
 import shutil
-import sys
 import tempfile
 import time
 import warnings
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
 
-from machine import machine, quiet_session, write_json  # noqa: E402
-from mtn_sails.config import TrainConfig  # noqa: E402
+from common import REPO, machine, quiet_session, write_json
+from mtn_sails.config import TrainConfig
 
 RATES = (5e-5, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2)
 QUICK_RATES = (5e-5, 1e-3, 5e-3)
@@ -120,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="mtn-sails-scratch-lr-") as tmp:
         first_rows, continue_rows = sweep(args, Path(tmp))
-    figures = {"date": datetime.date.today().isoformat(), "machine": machine(),
+    figures = {"date": datetime.date.today().isoformat(), "machine": machine("torch"),
                "settings": {k: v for k, v in vars(args).items() if k not in ("json_out", "verbose")},
                "first_session": first_rows, "continuation": continue_rows,
                "wall_s": round(time.perf_counter() - started, 1)}

@@ -26,7 +26,7 @@ so the rest is process start-up (imports, model load) and exit.
 
 MFU of the whole process: the training FLOPs of what an arm learns from, over its process seconds,
 against the best `torch.matmul` FLOP/s of the precision it computed in (fp32, or bf16 where sails picked
-it), measured in the same run after the rounds (train_speed.matmul_peak_flops). A token costs 6 x
+it), measured in the same run after the rounds (common.matmul_peak_flops). A token costs 6 x
 non-embedding parameters + 12 x layers x width x its example's length (attention), and each position
 the loss scores another 6 x vocabulary x width (the output layer): every real token for the recipe,
 whose LM collator scores prompts too, the answer tokens for sails. The recipe learns from every record,
@@ -48,12 +48,8 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-from machine import machine, write_json  # noqa: E402
-from train_speed import N_POSITIONS, PAIRS_FILE, SHAPES  # noqa: E402
+from common import (GPT2_SHAPES as SHAPES, N_POSITIONS, PAIRS_FILE, REPO, interleaved_rounds, machine,
+                    matmul_peak_flops, non_embedding_params, peak_sizes, ratio_statistics, write_json)
 
 LEVERS = {"sails+fp32": ["--precision", "fp32"], "sails+bf16": ["--precision", "bf16"],
           "sails+padded": ["--pad-examples"]}
@@ -157,13 +153,11 @@ def whole_process_mfu(model_dir: Path, data: Path, rounds: list[dict], args) -> 
     peak of the precision it computed in."""
     from transformers import AutoModelForCausalLM
 
-    from train_speed import matmul_peak_flops, non_embedding_params
-
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     width, layers, vocab = model.config.n_embd, model.config.n_layer, model.config.vocab_size
     non_embedding = non_embedding_params(model)
     examples = learned_examples(model_dir, data, args)
-    sizes = (512, 1024) if args.model_shape == "tiny" else (2048, 4096)
+    sizes = peak_sizes(args.model_shape)
     peaks = {"fp32": matmul_peak_flops(sizes), "bf16": matmul_peak_flops(sizes, dtype="bfloat16")}
     report = {"peak_matmul_gflops": {name: round(peak / 1e9, 1) for name, peak in peaks.items()},
               "non_embedding_params": non_embedding}
@@ -186,9 +180,8 @@ def round_ratios(rounds: list[dict], arms: list[str]) -> dict[str, dict]:
     for arm in arms:
         if arm == "recipe" or "recipe" not in arms:
             continue
-        per_round = [r["recipe"]["process_s"] / r[arm]["process_s"] for r in rounds]
-        ratios[arm] = {"median": round(statistics.median(per_round), 2), "best": round(max(per_round), 2),
-                       "rounds": [round(x, 2) for x in per_round]}
+        ratios[arm] = ratio_statistics([r["recipe"]["process_s"] for r in rounds],
+                                       [r[arm]["process_s"] for r in rounds])
     return ratios
 
 
@@ -197,15 +190,10 @@ def run(args) -> dict:
     work = Path(args.work_dir)
     model_dir = build_model(work, args.model_shape, args.tokenizer, args.seed)
     data = data_file(work, args.records)
-    rounds = []
-    for number in range(args.rounds):
-        order = args.arms[number % len(args.arms):] + args.arms[:number % len(args.arms)]
-        load_before = os.getloadavg()
-        found = {}
-        for arm in order:
-            found[arm] = run_arm(arm, arm_command(arm, model_dir, data, work / f"out-{arm}", args), work / f"out-{arm}")
-            print(f"round {number + 1} {arm}: {found[arm]}", flush=True)
-        rounds.append({**found, "order": order, "load_average": [list(load_before), list(os.getloadavg())]})
+    arms = {arm: (lambda arm=arm: run_arm(arm, arm_command(arm, model_dir, data, work / f"out-{arm}", args),
+                                          work / f"out-{arm}")) for arm in args.arms}
+    rounds = interleaved_rounds(arms, args.rounds, on_result=lambda index, arm, found: print(
+        f"round {index + 1} {arm}: {found}", flush=True))
     ratios = round_ratios(rounds, args.arms)
     medians = {arm: {key: round(statistics.median(r[arm][key] for r in rounds), 2)
                      for key in rounds[0][arm] if isinstance(rounds[0][arm][key], (int, float))}
@@ -246,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         args.work_dir = args.work_dir or scratch
         Path(args.work_dir).mkdir(parents=True, exist_ok=True)
         result = run(args)
-    result.update({"date": datetime.date.today().isoformat(), "machine": machine(),
+    result.update({"date": datetime.date.today().isoformat(), "machine": machine("torch"),
                    "settings": {k: v for k, v in vars(args).items() if k not in ("json_out", "work_dir")},
                    "wall_s": round(time.perf_counter() - started, 1)})
     for arm, ratio in result["recipe_over"].items():

@@ -24,10 +24,8 @@ for that child (os.wait4); the child also reports its RSS after its imports and 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import random
 import shutil
 import subprocess
@@ -36,11 +34,9 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
-from gpt2_vocab import gpt2_tokenizer  # noqa: E402
-from machine import write_json  # noqa: E402
-REALDATA = REPO / "tests" / "fixtures"
+from common import FIXTURES as REALDATA, REPO, load_average, machine, write_json
+from gpt2_vocab import gpt2_tokenizer
+
 DEFAULT_SIZES = (100_000, 300_000, 1_000_000)
 FLAT_RSS_RATIO = 1.5  # "flat": the largest file's peak RSS within 1.5x of the smallest's
 
@@ -217,20 +213,6 @@ def measure(data_file: Path, tokenizer_dir: Path, max_length: int, work: Path) -
             "notes": figures["notes"]}
 
 
-def machine() -> dict:
-    import psutil
-
-    cpu = platform.processor() or "unknown"
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"nproc": os.cpu_count(), "cpu": cpu, "ram_gib": round(psutil.virtual_memory().total / 2**30, 1),
-            "python": platform.python_version(), "date": datetime.date.today().isoformat(),
-            "load_average_at_start": list(os.getloadavg())}
-
-
 def run(args) -> dict:
     sizes = sorted(args.records)
     work = Path(tempfile.mkdtemp(prefix="tokenize_scale_"))
@@ -243,7 +225,6 @@ def run(args) -> dict:
         started = time.perf_counter()
         (write_real_records if args.text == "real" else write_records)(largest, sizes[-1], args.seed)
         report["generate_s"] = round(time.perf_counter() - started, 2)
-        sys.path.insert(0, str(REPO))
         from mtn_sails.data.files import load_records
         from mtn_sails.training.scratch import train_tokenizer
         from mtn_sails.data.template import PromptTemplate
@@ -277,7 +258,7 @@ def run(args) -> dict:
         report["peak_rss_anon_ratio_largest_over_smallest"] = round(anon[-1] / anon[0], 3) if anon[0] else None
         report["flat"] = len(peaks) < 2 or peaks[-1] / peaks[0] <= FLAT_RSS_RATIO
         report["flat_anon"] = len(anon) < 2 or not anon[0] or anon[-1] / anon[0] <= FLAT_RSS_RATIO
-        report["machine"]["load_average_at_end"] = list(os.getloadavg())
+        report["machine"]["load_average_at_end"] = load_average()
         return report
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -318,7 +299,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokenizer-dir", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        sys.path.insert(0, str(REPO))
         return child(args.child, args.tokenizer_dir, args.max_length)
     if args.quick:
         args.records = [10_000, 30_000]

@@ -18,7 +18,6 @@ import json
 import os
 import platform
 import random
-import resource
 import subprocess
 import sys
 import tempfile
@@ -27,10 +26,8 @@ from pathlib import Path
 
 import psutil
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import cpu_model, write_json  # noqa: E402
+from common import REPO, cpu_model, peak_rss_bytes, write_json
 
-REPO = Path(__file__).resolve().parents[1]
 GOAL_SECONDS = 60.0
 GOAL_RSS_MB = 1024.0
 
@@ -99,8 +96,7 @@ def run_validate(data_file: Path) -> dict:
         time.sleep(0.05)
     stdout, stderr = process.communicate()
     wall = time.perf_counter() - start
-    # ru_maxrss of waited-for children, in KiB on Linux: the kernel's own peak, polling can miss a spike.
-    kernel_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    kernel_peak = peak_rss_bytes(children=True)  # the kernel's own peak: polling can miss a spike
     if process.returncode not in (0, 3):
         raise SystemExit(f"validate failed with exit {process.returncode}: {stderr.decode()[-2000:]}")
     return {"wall_s": wall, "peak_rss_bytes": max(peak_rss, kernel_peak), "exit_code": process.returncode,

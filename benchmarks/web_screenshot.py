@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import argparse
 import functools
-import sys
 import tempfile
 import threading
 from http.server import ThreadingHTTPServer
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests"))
+import common  # noqa: F401  (this checkout and tests/ on sys.path: web_model, chromium, test_web)
 
 QUESTION = "What is HTTP?"
 

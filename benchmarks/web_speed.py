@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -29,11 +28,7 @@ import time
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
-sys.path.insert(0, str(REPO / "tests"))
-from machine import cpu_model, write_json  # noqa: E402
+from common import REPO, build_generation_model, load_average, machine, write_json
 
 QUESTION = "the sails catch the wind and the boat moves over the sea while the crew trims the ropes"
 NODE_SCRIPT = REPO / "examples" / "node_generate.mjs"
@@ -45,13 +40,11 @@ def export_model(root: Path, quick: bool) -> Path:
         from web_model import trained_export
 
         return trained_export(root)[1]
-    from generate_speed import build_model
-
     from mtn_sails.config import ExportConfig
     from mtn_sails.runtime.export import export
 
     trained, onnx_dir = root / "trained_model", root / "onnx_model"
-    build_model(trained)
+    build_generation_model(trained)
     export(ExportConfig(output_dir=str(trained), onnx_output=str(onnx_dir), quantize=True))
     return onnx_dir
 
@@ -161,7 +154,7 @@ def main() -> None:
     args = parser.parse_args()
     new_tokens, rounds = (16, 2) if args.quick else (64, 5)
     rounds = args.rounds or rounds
-    load_before = os.getloadavg()  # other processes on a shared machine disturb timings
+    load_before = load_average()  # other processes on a shared machine disturb timings
     with tempfile.TemporaryDirectory(prefix="mtn-sails-web-bench-") as tmp:
         onnx_dir = export_model(Path(tmp), args.quick)
         site = Path(tmp) / "web_app"
@@ -182,8 +175,7 @@ def main() -> None:
             for runtime in runtimes:
                 getattr(runtime, "close", lambda: None)()
         graph_bytes = (onnx_dir / "onnx" / "model.onnx").stat().st_size
-    report = {"machine": {"nproc": os.cpu_count(), "cpu": cpu_model(), "load_average_before": load_before,
-                          "load_average_after": os.getloadavg(),
+    report = {"machine": {**machine(), "load_average_before": load_before, "load_average_after": load_average(),
                           "node": subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip(),
                           "chromium": subprocess.run(["chromium", "--version"], capture_output=True,
                                                      text=True).stdout.strip()},
