@@ -1,7 +1,9 @@
-"""The benchmark scripts keep running: train_speed.py, session_speed.py and cpu_threads.py in their smallest forms,
-run.py's bookkeeping."""
+"""The benchmark scripts keep running: the training-speed scripts, session_speed.py and cpu_threads.py in their
+smallest forms, run.py's bookkeeping; and they share one helpers module, import no other script, and leave the
+product as it is (no monkeypatching)."""
 from __future__ import annotations
 
+import ast
 import importlib.util
 import json
 import subprocess
@@ -11,22 +13,29 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+BENCHMARKS = REPO / "benchmarks"
+SCRIPTS = sorted(BENCHMARKS.glob("*.py"))
+COMMON = BENCHMARKS / "common.py"  # the one module allowed to change sys.path
+TINY = ["--model-shape", "tiny", "--max-length", "64", "--limit-records", "48", "--vocab-size", "500"]
 
 
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "benchmarks" / f"{name}.py")
+def _load(name: str, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # as `python benchmarks/NAME.py` has it
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
+def _run(script: str, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(BENCHMARKS / script), *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout)
+
+
 @pytest.mark.slow
 def test_train_speed_smallest_form_writes_its_figures(tmp_path):
     out = tmp_path / "train_speed.json"
-    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "train_speed.py"), "--model-shape", "tiny",
-                           "--steps", "2", "--text-steps", "2", "--max-length", "64", "--limit-records", "48",
-                           "--vocab-size", "500", "--no-startup", "--no-levers", "--json-out", str(out)],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    done = _run("train_speed.py", *TINY, "--steps", "2", "--text-steps", "2", "--json-out", str(out))
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["model"]["shape"] == "tiny" and report["model"]["vocab_size"] > 256
@@ -37,11 +46,37 @@ def test_train_speed_smallest_form_writes_its_figures(tmp_path):
         assert 0 < arm["real_tokens"] <= arm["padded_tokens"]
         for key in ("real_tokens_per_s", "padding_fraction", "mfu", "mfu_with_lm_head", "train_runtime_s"):
             assert arm[key] is not None
-        assert set(arm["startup"]) == {"tokenise_s", "trainer_init_s", "train_call_to_first_step_s"}
+        assert set(arm["startup"]) == {"tokenise_s", "to_first_step_s"}
     assert report["arms"]["pairs/plain"]["padded_tokens"] == 2 * 8 * 64  # padded to max_length, every step
     assert report["arms"]["text/sails"]["padding_fraction"] == 0  # packed blocks
     assert set(report["ratios"]) == {"pairs_sails_over_plain", "text_sails_over_plain"}
-    assert {"eval_s", "checkpoint_s", "share_of_epoch"} <= set(report["overheads"])
+
+
+@pytest.mark.slow
+def test_train_speed_rounds_feed_the_products_own_batches_in_order(tmp_path):
+    out = tmp_path / "train_speed.json"
+    done = _run("train_speed.py", *TINY, "--phases", "pairs", "--rounds", "2", "--round-batches", "2",
+                "--json-out", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert [r["first_turn"] for r in report["rounds"]] == ["pairs/plain", "pairs/sails"]  # the starter alternates
+    assert all(arm["steps"] == 2 for r in report["rounds"] for arm in r["arms"].values())
+    assert len(report["ratios"]["pairs_sails_over_plain_rounds"]) == 2
+
+
+@pytest.mark.slow
+def test_train_levers_and_overheads_smallest_forms_write_their_figures(tmp_path):
+    levers, overheads = tmp_path / "levers.json", tmp_path / "overheads.json"
+    done = _run("train_levers.py", *TINY, "--steps", "2", "--json-out", str(levers))
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(levers.read_text())
+    assert set(report["arms"]) == {"levers/sails", "levers/sails+unfused", "levers/sails+bf16",
+                                   "levers/sails+full-logits"}
+    assert all(arm["steps"] == 2 and arm["real_tokens"] > 0 for arm in report["arms"].values())
+    assert set(report["ratios"]) == {"unfused_over_sails", "bf16_over_sails", "full-logits_over_sails"}
+    done = _run("train_overheads.py", *TINY, "--steps", "2", "--json-out", str(overheads))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert {"eval_s", "checkpoint_s", "share_of_epoch"} <= set(json.loads(overheads.read_text())["overheads"])
 
 
 @pytest.mark.slow
@@ -82,8 +117,8 @@ def test_cpu_threads_smallest_form_times_every_setting_in_its_own_process(tmp_pa
     assert default_fp32[0]["vs_default_fp32_same_load"] == 1.0
 
 
-def test_run_flattens_figures_and_lists_every_script():
-    run = _load("run")
+def test_run_flattens_figures_and_lists_every_script(monkeypatch):
+    run = _load("run", monkeypatch)
     figures: dict = {}
     run.flatten({"a": {"b": 1.5, "ok": True, "name": "x"}, "rows": [{"loss": 2}], "machine": {"nproc": 2}},
                 "bench", figures)
@@ -91,4 +126,117 @@ def test_run_flattens_figures_and_lists_every_script():
     scripts = {p.stem for p in (REPO / "benchmarks").glob("*.py") if not p.stem.startswith("_")  # helpers
                and 'if __name__ == "__main__":' in p.read_text(encoding="utf-8")} - {"run"}
     assert set(run.discover()) == scripts
-    assert {"train_speed", "tokenize_scale", "cpu_threads"} <= scripts
+    assert {"train_speed", "train_levers", "train_overheads", "train_startup", "tokenize_scale",
+            "cpu_threads"} <= scripts
+
+
+# ------------------------------------------------------------------------------------ how the scripts are built
+
+
+def _is_script(path: Path) -> bool:
+    return 'if __name__ == "__main__":' in path.read_text(encoding="utf-8")
+
+
+def _trees(path: Path) -> list[ast.Module]:
+    """The script's syntax tree, and those of the Python programs it holds as strings (run with `python -c`)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    trees = [tree]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and "mtn_sails" in node.value \
+                and "\n" in node.value:
+            try:
+                trees.append(ast.parse(node.value))
+            except SyntaxError:
+                pass
+    return trees
+
+
+def _is_sys_path(node: ast.AST) -> bool:
+    return isinstance(node, ast.Attribute) and node.attr == "path" and isinstance(node.value, ast.Name) \
+        and node.value.id == "sys"
+
+
+def _sys_path_changes(tree: ast.Module) -> list[int]:
+    """Lines that change sys.path: a call of one of its methods, or an assignment to it or a slice of it."""
+    lines = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and _is_sys_path(node.func.value):
+            lines.append(node.lineno)
+        elif isinstance(node, (ast.Assign, ast.AugAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if any(_is_sys_path(t) or (isinstance(t, ast.Subscript) and _is_sys_path(t.value)) for t in targets):
+                lines.append(node.lineno)
+    return sorted(lines)
+
+
+def _product_names(tree: ast.Module) -> set[str]:
+    """Names the module binds to mtn_sails modules or objects by importing them."""
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "mtn_sails":
+            names |= {alias.asname or alias.name for alias in node.names}
+        elif isinstance(node, ast.Import):
+            names |= {alias.asname or alias.name.split(".")[0] for alias in node.names
+                      if alias.name.split(".")[0] == "mtn_sails"}
+    return names
+
+
+def _base_name(node: ast.AST) -> str | None:
+    while isinstance(node, (ast.Attribute, ast.Subscript)):
+        node = node.value
+    return node.id if isinstance(node, ast.Name) else None
+
+
+def _monkeypatches(tree: ast.Module) -> list[int]:
+    """Lines that assign an attribute of something imported from mtn_sails, directly or through setattr."""
+    product = _product_names(tree)
+    lines = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.ctx, (ast.Store, ast.Del)) \
+                and _base_name(node) in product:
+            lines.append(node.lineno)
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("setattr", "delattr") \
+                and node.args and _base_name(node.args[0]) in product:
+            lines.append(node.lineno)
+    return sorted(lines)
+
+
+def test_benchmarks_change_sys_path_in_one_place_only():
+    changes = {path.name: lines for path in SCRIPTS for tree in _trees(path) if (lines := _sys_path_changes(tree))}
+    assert set(changes) <= {COMMON.name}, changes
+    assert len(changes.get(COMMON.name, [])) <= 1, changes
+
+
+def test_no_benchmark_defines_its_own_shared_helpers():
+    shared = {node.name for node in ast.parse(COMMON.read_text(encoding="utf-8")).body
+              if isinstance(node, ast.FunctionDef) and not node.name.startswith("_")}
+    assert {"machine", "cpu_model", "matmul_peak_flops", "interleaved_rounds", "arm_statistics", "write_json"} <= shared
+    offenders = [f"{path.name}: {node.name}" for path in SCRIPTS if path != COMMON
+                 for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+                 if isinstance(node, ast.FunctionDef)
+                 and (node.name in shared or node.name.lstrip("_").startswith(("machine", "median")))]
+    assert offenders == []
+
+
+def test_benchmarks_import_no_other_script():
+    scripts = {path.stem for path in SCRIPTS if _is_script(path)}
+    offenders = []
+    for path in SCRIPTS:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            modules = [alias.name for alias in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            offenders += [f"{path.name} imports {module}" for module in modules
+                          if module.removeprefix("benchmarks.") in scripts or module == "benchmarks"]
+    assert offenders == []
+
+
+def test_benchmarks_do_not_monkeypatch_the_product():
+    offenders = {path.name: lines for path in SCRIPTS for tree in _trees(path) if (lines := _monkeypatches(tree))}
+    assert offenders == {}
+
+
+def test_the_monkeypatch_check_sees_an_assignment_and_a_setattr():
+    patched = ast.parse("from mtn_sails.training import trainer as t\nimport mtn_sails.cli\n"
+                        "t.SailsTrainer = object\nsetattr(mtn_sails.cli, 'main', print)\nx = t.run_training\n")
+    assert _monkeypatches(patched) == [3, 4]
+    assert _sys_path_changes(ast.parse("import sys\nsys.path.insert(0, 'x')\nsys.path[:0] = ['y']\n")) == [2, 3]
