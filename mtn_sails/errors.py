@@ -7,6 +7,7 @@ EXIT_UNUSABLE_INPUT = 2  # a file or argument that cannot be used at all
 EXIT_INVALID_DATA = 3  # data that loads but fails validation
 EXIT_LOCKED = 4  # another session holds the output directory
 EXIT_PARITY = 5  # the ONNX export does not match the trained model
+EXIT_CANNOT_WRITE = 6  # a full disk, a file-size limit, a read-only or forbidden directory
 EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report SIGINT
 
 
@@ -46,6 +47,13 @@ class ParityError(SailsError):
     """The exported ONNX model disagrees with the PyTorch model."""
 
     exit_code = EXIT_PARITY
+
+
+class CannotWriteError(SailsError):
+    """A write the machine refused (no space, a file-size limit, a read-only or forbidden directory); the message
+    says what, where, how much is needed, and that the previous model is unchanged."""
+
+    exit_code = EXIT_CANNOT_WRITE
 
 
 # The project's requirements by import name, with the name pip installs them under.

@@ -34,8 +34,9 @@ def write_qa(path: Path, pairs=QA_PAIRS, repeat: int = 1) -> Path:
     return path
 
 
-def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600, env: dict | None = None):
-    """Run `python main.py ARGS` in a subprocess; returns the CompletedProcess (text mode)."""
+def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600, env: dict | None = None, preexec_fn=None):
+    """Run `python main.py ARGS` in a subprocess (`preexec_fn` runs in it first: limits, capabilities); returns the
+    CompletedProcess (text mode)."""
     full_env = {**os.environ, "PYTHONIOENCODING": "utf-8", **(env or {})}
     return subprocess.run([sys.executable, str(REPO / "main.py"), *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout, env=full_env)
+                          text=True, timeout=timeout, env=full_env, preexec_fn=preexec_fn)

@@ -21,6 +21,7 @@ from typing import Iterator
 from filelock import FileLock, Timeout
 
 from ..errors import InputError, LockedError, SailsError
+from .disk import is_write_fault
 
 
 @dataclass(frozen=True)
@@ -227,6 +228,8 @@ def _acquire(target: Path, lock_path: Path) -> tuple[FileLock, int]:
         except (_LockFileReplaced, Timeout):  # Timeout before OSError: it is a TimeoutError
             continue
         except OSError as error:
+            if is_write_fault(error):  # a read-only or full directory: the caller's disk.Writes says so
+                raise
             raise InputError(f"{lock_path}: cannot lock ({error.strerror or error})") from None
         return lock, held[0]
     raise LockedError(f"{target} is in use by another session ({_lock_holder(lock_path)}); "
@@ -255,6 +258,8 @@ def locked(target: str | Path) -> Iterator[Path]:
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
+        if is_write_fault(error):
+            raise
         raise InputError(f"{target.parent}: cannot create ({error.strerror or error})") from None
     lock_path = sibling(target, "lock")
     lock, descriptor = _acquire(target, lock_path)

@@ -17,7 +17,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from ..model_dir import store
+from ..model_dir import disk, store
 from ..config import ExportConfig
 from ..console import say
 from ..model_dir.inspection import check_weights_readable, inspect_model_dir
@@ -132,6 +132,8 @@ def export_onnx(model_dir: Path, target: Path) -> None:
                         device="cpu", dtype="fp32", do_validation=False, local_files_only=True,
                         trust_remote_code=False)
     except (OSError, ValueError, KeyError, RuntimeError, NotImplementedError) as error:
+        if disk.is_write_fault(error):  # export()'s disk.Writes names the file and what is needed
+            raise
         raise InputError(f"optimum could not export {model_dir} to ONNX ({first_line(error)})") from None
     graph = Path(ONNX_FILE).name
     if not (target / graph).is_file():
@@ -257,13 +259,17 @@ def export(config: ExportConfig, tolerance: float = PARITY_TOLERANCE) -> ExportR
         raise InputError("--onnx-output must be a different directory from --output-dir")
     if not model_dir.exists() and not store.sibling(model_dir, "old").exists():
         _check_trained_model(model_dir, config.output_dir)  # raises before anything is written
+    weights = disk.weight_bytes(model_dir)
+    needed = weights * (5 if config.quantize else 4) // 4 + disk.MARGIN  # fp32 ONNX holds the weights; int8 a quarter
+    writes = disk.Writes(onnx_dir, (store.sibling(onnx_dir, "staging"),), needed, weights)
     # The trained model is locked too: no training session may swap it while it is being read.
-    with store.locked(model_dir), store.locked(onnx_dir):
+    with writes.translated(), store.locked(model_dir), store.locked(onnx_dir):
         for directory in (model_dir, onnx_dir):
             recovered = store.recover(directory)
             if recovered:
                 say(f"🔄 {recovered[0].upper()}{recovered[1:]}")
         _check_trained_model(model_dir, config.output_dir)
+        writes.check_room(needed, weights)
         say(f"📦 Exporting {config.output_dir} to ONNX...")
         staging = store.fresh_staging(onnx_dir)
         try:
@@ -281,8 +287,11 @@ def export(config: ExportConfig, tolerance: float = PARITY_TOLERANCE) -> ExportR
         except InputError as error:
             shutil.rmtree(staging, ignore_errors=True)
             raise InputError(f"{error}; {config.onnx_output} was left as it was") from None
-        except BaseException:
+        except BaseException as error:
+            fault = writes.fault(error) if isinstance(error, Exception) else None  # before the file is removed
             shutil.rmtree(staging, ignore_errors=True)
+            if fault is not None:
+                raise fault from None
             raise
     files = {path.relative_to(onnx_dir).as_posix(): path.stat().st_size
              for path in sorted(onnx_dir.rglob("*")) if path.is_file()}

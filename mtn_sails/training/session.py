@@ -17,7 +17,7 @@ from ..console import say
 from ..data.files import check_data_path, file_sha256
 from ..data.records import Record
 from ..data.template import PromptTemplate
-from ..model_dir import store
+from ..model_dir import disk, store
 from ..model_dir.history_file import load_history
 from ..model_dir.model_card import save_history
 from ..model_dir.session_record import SessionRecord
@@ -84,23 +84,49 @@ def train(config: TrainConfig, onnx_output: str | None = None) -> SessionResult:
     """
     processes = current_processes(config.device)
     output_dir = Path(config.output_dir)
-    with store.locked(output_dir) if processes.is_main() else contextlib.nullcontext():
+    writes = session_writes(output_dir)
+    with writes.translated(), store.locked(output_dir) if processes.is_main() else contextlib.nullcontext():
         try:
             return run_session(open_session(config, onnx_output or DEFAULT_ONNX_OUTPUT, processes,
-                                            checks_onnx=onnx_output is not None))
-        except BaseException:
+                                            checks_onnx=onnx_output is not None), writes)
+        except BaseException as error:
+            # named before the cleanup below removes the half-written file
+            fault = writes.fault(error) if isinstance(error, Exception) else None
             if processes.is_main():
                 discard_unresumable_work(output_dir)
+            if fault is not None:
+                raise fault from None
             raise
 
 
-def run_session(session: Session) -> SessionResult:
-    """Records in -> start model -> train -> measure -> commit, swapped into the output directory."""
+def session_writes(output_dir: Path) -> disk.Writes:
+    """Where a session into output_dir writes (staging, work directory), with what a session from the model
+    already there needs, until the loaded start model tells (check_room)."""
+    weights = disk.weight_bytes(output_dir)
+    return disk.Writes(output_dir, (store.sibling(output_dir, "staging"), work_dir(output_dir)),
+                       disk.session_bytes(weights) if weights else None, weights or None)
+
+
+def check_room(session: Session, writes: disk.Writes, model) -> None:
+    """Refuse the session before it trains when its checkpoints, weights and slices cannot be written."""
+    config = session.config
+    weights = sum(parameter.numel() * parameter.element_size() for parameter in model.parameters())
+    carried = disk.tree_bytes(session.output_dir()) - disk.weight_bytes(session.output_dir()) \
+        if session.plan.continues else 0
+    one_checkpoint = config.epochs is not None and config.epochs <= 1 and not config.save_steps
+    writes.check_room(disk.session_bytes(weights, carried + Path(config.data_file).stat().st_size,
+                                         checkpoints_at_once=1 if one_checkpoint else disk.CHECKPOINTS_AT_ONCE),
+                      weights)
+
+
+def run_session(session: Session, writes: disk.Writes) -> SessionResult:
+    """Records in -> start model -> room checked -> train -> measure -> commit, swapped into the output directory."""
     from .tokenizing import iter_records
 
     data = prepare_records(session)
     start = load_session_model(session.config, session.plan, iter_records(session.rows), session.earlier_template(),
                                session.checkpoint)
+    check_room(session, writes, start.model)
     trainer, outcome = train_session(session, data, start)
     staging = save_weights(trainer, session)
     if not session.processes.is_main():
