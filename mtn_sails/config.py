@@ -28,6 +28,7 @@ RECALL_TARGET = 0.95  # with --epochs left out: a session stops once this share 
 # and at the guide's rates a pretrained base needs many steps to learn an answer word for word (BENCHMARKS.md
 # "Knowledge on a real base" counts them).
 MAX_EPOCHS = 30.0
+BASE_PROMPTS = 256  # general prompts a pretrained base answers as session 0 (all that are bundled)
 KEEP_THRESHOLD = 0.9  # an earlier session that keeps less of its probe recall than this is named at the end
 REPLAY_SELECTIONS = ("uniform", "targeted")
 REPLAY_DRAWS = ("epoch", "session")
@@ -124,6 +125,9 @@ class TrainConfig:
     lr_schedule: str = option("learning-rate schedule after the warm-up (transformers' scheduler names)",
                               default="linear", choices=LR_SCHEDULES)
     warmup_ratio: float = option("share of the steps spent re-warming the learning rate from 0", default=0.0)
+    base_prompts: int = option("a first session from a pretrained base first asks it up to this many bundled general "
+                               "prompts; the answers it ends are session 0, the base: half a probe checked after every "
+                               "session, half replayed with earlier sessions (0: no session 0)", default=BASE_PROMPTS)
     keep_threshold: float = option("name each earlier session that keeps less than this share of the answers it "
                                    "gave right after training (its probe recall)", default=KEEP_THRESHOLD)
     resume: bool = option("continue an interrupted session from its last checkpoint", default=False)
@@ -167,6 +171,7 @@ class TrainConfig:
         _require(0 <= self.warmup_ratio < 1, f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
         _require(self.interpolation_weight() != -1.0,
                  f"--interpolate must be off, auto or a weight in (0, 1], got {self.interpolate!r}")
+        _require(self.base_prompts >= 0, f"--base-prompts must be 0 or more, got {self.base_prompts}")
         _require(0 <= self.keep_threshold <= 1, f"--keep-threshold must be in [0, 1], got {self.keep_threshold}")
         _require(self.save_steps >= 0, "--save-steps must be 0 or positive")
         _require(not (self.precision == "fp16" and self.device == "cpu"), FP16_NEEDS_CUDA)

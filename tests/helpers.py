@@ -40,3 +40,16 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600, env: dict |
     full_env = {**os.environ, "PYTHONIOENCODING": "utf-8", **(env or {})}
     return subprocess.run([sys.executable, str(REPO / "main.py"), *args], cwd=cwd, capture_output=True,
                           text=True, timeout=timeout, env=full_env, preexec_fn=preexec_fn)
+
+
+def load_benchmark(name: str, monkeypatch):
+    """benchmarks/NAME.py as a module, imported as `python benchmarks/NAME.py` runs it (benchmarks/ on sys.path)."""
+    import importlib.util
+    import sys
+
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # its dataclasses look their module up while being built
+    spec.loader.exec_module(module)
+    return module

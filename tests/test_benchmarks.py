@@ -4,7 +4,6 @@ product as it is (no monkeypatching)."""
 from __future__ import annotations
 
 import ast
-import importlib.util
 import json
 import subprocess
 import sys
@@ -12,19 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from helpers import load_benchmark
+
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARKS = REPO / "benchmarks"
 SCRIPTS = sorted(BENCHMARKS.glob("*.py"))
 COMMON = BENCHMARKS / "common.py"  # the one module allowed to change sys.path
 TINY = ["--model-shape", "tiny", "--max-length", "64", "--limit-records", "48", "--vocab-size", "500"]
-
-
-def _load(name: str, monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCHMARKS))  # as `python benchmarks/NAME.py` has it
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _run(script: str, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
@@ -118,7 +111,7 @@ def test_cpu_threads_smallest_form_times_every_setting_in_its_own_process(tmp_pa
 
 
 def test_run_flattens_figures_and_lists_every_script(monkeypatch):
-    run = _load("run", monkeypatch)
+    run = load_benchmark("run", monkeypatch)
     figures: dict = {}
     run.flatten({"a": {"b": 1.5, "ok": True, "name": "x"}, "rows": [{"loss": 2}], "machine": {"nproc": 2}},
                 "bench", figures)

@@ -105,6 +105,24 @@ def test_the_session_keeps_what_the_base_knew(chat_model):
     assert all(expected in chat_answer(model, tokenizer, question) for question, expected in GENERAL)
 
 
+def test_session_0_keeps_the_bases_own_answers_and_the_table_shows_what_the_chat_path_still_gives(trained,
+                                                                                                 chat_model):
+    from mtn_sails.model_dir import store
+
+    session = json.loads((trained / "training_history.json").read_text())["sessions"][0]
+    probe = store.read_slices(trained, store.PROBE_DIR)[0]
+    replay = store.read_slices(trained, store.REPLAY_DIR)[0]
+    assert session["base_probe_count"] == len(probe) >= 32 and session["base_recall"] == 1.0
+    assert not {r.prompt for r in probe} & {r.prompt for r in replay}  # the probe is never replayed
+    base_row = next(row for row in session["forgetting"] if row["session"] == 0)
+    model, tokenizer = chat_model
+    still_given = np.mean([chat_answer(model, tokenizer, r.prompt, max_new_tokens=64) == r.response.strip()
+                           for r in probe])
+    assert base_row["recall_before"] == 1.0 and base_row["recall_after"] == pytest.approx(still_given)
+    printed = run_cli("history", "--output-dir", str(trained))
+    assert "  base: recall 1 -> " in printed.stdout
+
+
 def test_generate_on_onnxruntime_gives_the_trained_answers(exported):
     from mtn_sails.config import GenerateConfig
     from mtn_sails.runtime.generation import generate

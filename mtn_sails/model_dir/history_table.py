@@ -11,7 +11,7 @@ from typing import Any
 from ..console import show
 from ..errors import InputError
 from .history_file import Session, forgetting_series, load_history
-from .session_record import ForgettingRow, SessionRecord, as_record
+from .session_record import ForgettingRow, SessionRecord, as_record, session_label
 
 SESSION_COLUMNS = (("#", "session"), ("date", "date"), ("data", "data_file"), ("trained on", "train_examples"),
                    ("start", "start"), ("lr", "learning_rate"), ("epochs", "epochs"),
@@ -76,7 +76,7 @@ def forgetting_line(row: ForgettingRow) -> str:
     if row.perplexity_after is not None or row.recall_after is None:
         parts.append(f"perplexity {number(row.perplexity_before)} -> {number(row.perplexity_after)} "
                      f"(x{number(row.ratio, 3)})")
-    return f"  session {row.session}: " + ", ".join(parts)
+    return f"  {session_label(row.session)}: " + ", ".join(parts)
 
 
 def forgetting_measures(session: Session) -> str:
@@ -108,7 +108,7 @@ def forgetting_matrix(sessions: Sequence[Session], measure: str = "perplexity") 
     rows = []
     for session, points in forgetting_series(sessions, measure).items():
         values = dict(points)
-        rows.append([f"session {session}"] + [number(values.get(n), 3 if measure == "recall" else 4)
+        rows.append([session_label(session)] + [number(values.get(n), 3 if measure == "recall" else 4)
                                               if n >= session else "" for n in numbers])
     return markdown_rows(header, rows)
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .history_file import FORGETTING_FILE, LOSS_CURVE_FILE, forgetting_series, has_recall, load_history
+from .session_record import session_label
 
 FIGURE_SIZE = (8.0, 4.5)  # inches; at DPI 100 an 800x450 picture, readable inline on a model card
 DPI = 100
@@ -126,7 +127,7 @@ def plot_forgetting(sessions: list[dict[str, Any]], path: str | Path) -> Path:
     with _style():
         figure, axes = _figure()
         for number, points in series.items():
-            line, = axes.plot(*zip(*points), marker="o", label=f"session {number} data")
+            line, = axes.plot(*zip(*points), marker="o", label=f"{session_label(number)} data")
             if len(sessions) <= LABELLED_SESSIONS:
                 for x, y in points:
                     axes.annotate(f"{y:.3g}", (x, y), textcoords="offset points", xytext=(0, 6), ha="center",

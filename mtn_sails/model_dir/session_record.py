@@ -120,6 +120,10 @@ class SessionRecord(_JsonRecord):
     probe_count: int | None = None  # question/answer records kept in probe/ to measure recall later
     recall: float | None = None  # exact-match recall of this session's probe right after it
     answer_logprob: float | None = None
+    # session 1 from a pretrained base: its session 0, the base's own answers to the bundled general prompts
+    base_probe_count: int | None = None
+    base_recall: float | None = None  # the base on them before training (1.0: only answers it reproduces are kept)
+    base_answer_logprob: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -132,6 +136,11 @@ class SessionRecord(_JsonRecord):
         """The last logged epoch's train loss (what the model ends at), else the session's mean."""
         losses = [point["loss"] for point in self.loss_curve or [] if "loss" in point]
         return losses[-1] if losses else self.train_loss
+
+
+def session_label(number: int) -> str:
+    """How tables and charts name a session: "base" for session 0, the base's own answers."""
+    return "base" if number == 0 else f"session {number}"
 
 
 def as_record(session: SessionRecord | Mapping[str, Any]) -> SessionRecord:

@@ -12,6 +12,7 @@ from pathlib import Path
 from ..model_dir import store
 from ..config import KEEP_THRESHOLD
 from ..data.files import Record
+from .base_answers import BASE_SESSION, BaseAnswers
 from .probe import ProbeScore, score_probe
 from .scoring import head_on_positions, label_positions, length_sorted_batches, perplexity
 from ..model_dir.session_record import ForgettingRow, SessionRecord
@@ -29,9 +30,13 @@ class Measurements:
 
 
 def measure_session(model, tokenizer, template: PromptTemplate, held_out: list[Record], probe: list[Record],
-                    model_dir: Path, history: list[SessionRecord], max_length: int) -> Measurements:
-    """This session's held-out loss and probe recall, and the forgetting rows of every earlier session."""
-    forgetting = measure_forgetting(model, tokenizer, template, model_dir, history, max_length) if history else []
+                    model_dir: Path, history: list[SessionRecord], max_length: int,
+                    base: BaseAnswers | None = None) -> Measurements:
+    """This session's held-out loss and probe recall, and the forgetting rows of the base and every earlier
+    session."""
+    forgetting = [base_row(model, tokenizer, template, base)] if base else []
+    if history:
+        forgetting += measure_forgetting(model, tokenizer, template, model_dir, history, max_length)
     held_out_loss = evaluate_records(model, tokenizer, held_out, template, max_length) if held_out else None
     return Measurements(forgetting, held_out_loss, score_probe(model, tokenizer, template, probe))
 
@@ -50,6 +55,12 @@ def measure_forgetting(model, tokenizer, template: PromptTemplate, model_dir: Pa
         if records or probe:
             rows.append(forgetting_row(earlier, loss_after, probe))
     return rows
+
+
+def base_row(model, tokenizer, template: PromptTemplate, base: BaseAnswers) -> ForgettingRow:
+    """Session 0, the base: its own answers to the general prompts before the first session -> now."""
+    before = SessionRecord(BASE_SESSION, recall=base.score.recall, answer_logprob=base.score.answer_logprob)
+    return forgetting_row(before, None, score_probe(model, tokenizer, template, base.probe))
 
 
 def forgetting_row(earlier: SessionRecord, loss_after: float | None, probe: ProbeScore | None) -> ForgettingRow:

@@ -28,7 +28,9 @@ def report_session(session: SessionRecord, output_dir: Path, backup_dir: Path | 
         for row in rows:
             say(row)
     for row in lost_answers(session.forgetting, config.keep_threshold):
-        say(f"⚠️  Session {row.session} lost answers: recall {row.recall_before:.2f} -> {row.recall_after:.2f} "
+        who = "The base lost its own answers to general prompts" if row.session == 0 \
+            else f"Session {row.session} lost answers"
+        say(f"⚠️  {who}: recall {row.recall_before:.2f} -> {row.recall_after:.2f} "
             f"(keeps {row.kept:.0%}, under {config.keep_threshold:.0%}); "
             f"{retention_advice(config.replay)}")
     if backup_dir is not None:

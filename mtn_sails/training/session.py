@@ -22,6 +22,7 @@ from ..model_dir.history_file import load_history
 from ..model_dir.model_card import save_history
 from ..model_dir.session_record import SessionRecord
 from .distributed import Processes, current_processes
+from .base_answers import BASE_SESSION, BaseAnswers, settle_base
 from .forgetting import Measurements, measure_session
 from .plan import TrainingPlan, plan_training
 from .report import report_session, say_if_trained_before
@@ -64,6 +65,7 @@ class SessionData:
     held_out: list[Record]
     replay_pool: dict[int, list[Record]]  # earlier sessions' stored records, by session number
     probe: list[Record]  # trained question/answer records whose answers are checked after later sessions
+    base: BaseAnswers | None = None  # session 0: the base's own answers, probed and replayed (base_answers.py)
 
 
 @dataclass
@@ -127,6 +129,10 @@ def run_session(session: Session, writes: disk.Writes) -> SessionResult:
     start = load_session_model(session.config, session.plan, iter_records(session.rows), session.earlier_template(),
                                session.checkpoint)
     check_room(session, writes, start.model)
+    data.base = settle_base(session.config, session.plan, session.history, session.work, session.processes, start,
+                            resumed=session.checkpoint is not None)
+    if data.base and session.config.replay > 0:
+        data.replay_pool.setdefault(BASE_SESSION, data.base.replay)
     trainer, outcome = train_session(session, data, start)
     staging = save_weights(trainer, session)
     if not session.processes.is_main():
@@ -244,7 +250,9 @@ def _say_training(session: Session, data: SessionData, examples: int, packed: bo
     world_size = session.processes.world_size
     until = f", until {epochs.recall_target:.0%} of its answers are recalled" if epochs.recall_target else ""
     say(f"🚀 Training on {len(data.train_rows)} records"
-        + (f" + {kit.per_epoch} per epoch replayed from earlier sessions" if kit.per_epoch else "")
+        + (f" + {kit.per_epoch} per epoch replayed from "
+           + ("the base's own answers" if list(data.replay_pool) == [BASE_SESSION] else "earlier sessions")
+           if kit.per_epoch else "")
         + (f", {len(data.held_out)} held out" if data.held_out else "")
         + f" ({examples} {'blocks' if packed else 'examples'} per epoch, {'up to ' * bool(until)}{steps} optimizer "
         f"steps on {world_size} process{'es' * (world_size > 1)}) at learning rate {session.plan.learning_rate}"
@@ -294,7 +302,7 @@ def measure(trainer, staging: Path, session: Session, start: StartModel, data: S
 
     model = model_to_measure(trainer, staging, session.processes)
     return measure_session(model, start.tokenizer, start.template, data.held_out[:store.MAX_HELD_OUT_RECORDS],
-                           data.probe, session.output_dir(), session.history, start.max_length)
+                           data.probe, session.output_dir(), session.history, start.max_length, data.base)
 
 
 def _versions() -> dict[str, str]:
@@ -328,13 +336,20 @@ def session_record(session: Session, data: SessionData, start: StartModel, outco
         interpolation_alpha=outcome.interpolation_alpha, stopped=outcome.stopped,
         seed=config.seed, versions=_versions(),
         forgetting=measured.forgetting, loss_curve=outcome.loss_curve, probe_count=measured.probe.count,
-        recall=measured.probe.recall, answer_logprob=measured.probe.answer_logprob)
+        recall=measured.probe.recall, answer_logprob=measured.probe.answer_logprob,
+        **(_base_fields(data.base) if data.base and not plan.continues else {}))
+
+
+def _base_fields(base: BaseAnswers) -> dict:
+    return {"base_probe_count": len(base.probe), "base_recall": base.score.recall,
+            "base_answer_logprob": base.score.answer_logprob}
 
 
 def commit_session(staging: Path, session: Session, data: SessionData, record: SessionRecord,
                    template: PromptTemplate) -> Path | None:
     """Complete the staged directory (template, slices, history, card naming the model's and its export's
     paths, config) and swap it in; returns where the replaced model was kept, if it was."""
+    from .base_answers import write_base_slices
     from .tokenizing import sample
 
     config, output_dir, number = session.config, session.output_dir(), record.session
@@ -346,6 +361,8 @@ def commit_session(staging: Path, session: Session, data: SessionData, record: S
                           store.MAX_HELD_OUT_RECORDS, config.seed)
     store.write_slice(staging, store.REPLAY_DIR, number, sample(data.train_rows, store.MAX_REPLAY_RECORDS,
                                                                 config.seed), store.MAX_REPLAY_RECORDS, config.seed)
+    if data.base and not session.plan.continues:
+        write_base_slices(staging, data.base)
     if data.probe:
         store.write_slice(staging, store.PROBE_DIR, number, data.probe, len(data.probe), config.seed)
     save_history(staging, session.history + [record], str(config.output_dir), session.onnx_output)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import QA_PAIRS, REPO, write_qa
+from helpers import QA_PAIRS, REPO, load_benchmark, write_qa
 from mtn_sails.model_dir import store
 from mtn_sails.config import TrainConfig
 from mtn_sails.model_dir.history_file import load_history
@@ -136,19 +136,8 @@ def test_replay_pool_is_every_earlier_slice(tmp_path):
     assert [len(records) for records in replay_pool(model_dir, 0.1).values()] == [len(records), 2]
 
 
-def _benchmark():
-    import importlib.util
-    import sys
-
-    spec = importlib.util.spec_from_file_location("bench_forgetting", REPO / "benchmarks" / "forgetting.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up while being built
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_benchmark_splits_facts_and_judges_the_goal_as_the_issue_states():
-    bench = _benchmark()
+def test_benchmark_splits_facts_and_judges_the_goal_as_the_issue_states(monkeypatch):
+    bench = load_benchmark("forgetting", monkeypatch)
     facts = bench.make_facts(3, 6, seed=1)
     assert len({f["question"] for session in facts for f in session}) == 18  # disjoint
     assert bench.make_facts(3, 6, seed=1) == facts

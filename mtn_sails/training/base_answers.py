@@ -1,0 +1,160 @@
+"""Session 0, the base: what a pretrained base answers to the bundled general prompts before any session
+changes it.
+
+The first session from a pretrained base asks the base every bundled general prompt (data/general_prompts.py)
+through the session's template, greedy, as `generate` decodes, and keeps the answers that end at the end of
+the turn and that the base reproduces teacher-forced (the probe's exact-match test). Half of them are the
+base's probe, answered again after every later session (the forgetting table's `base` row); the other half
+are its replay slice: the base's own answers replayed like an earlier session's examples (self-rehearsal),
+so the probe measures knowledge kept, not the replayed answers memorised. A base that ends too few of its
+answers (random weights, the scratch base) has no session 0.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from ..config import SCRATCH_MODEL_NAME
+from ..console import say
+from ..data.records import Record
+from ..data.template import PromptTemplate
+from ..model_dir import store
+from .probe import ProbeScore, answer_scores, probe_items, score_probe, scoring
+
+BASE_SESSION = 0  # the base's slices are stored as session 0's
+MAX_ANSWER_TOKENS = 48  # a longer answer is not kept: the prompts ask for short ones
+SCREENED = 16  # prompts answered first; a base that ends fewer than MIN_ANSWERED of them is not asked the rest
+MIN_ANSWERED = 0.25
+BASE_FILE = "base_answers.json"  # in the work directory: what a resumed session 1 recorded before training
+
+
+@dataclass(frozen=True)
+class BaseAnswers:
+    """The base's own answers: a probe checked after every session and a disjoint replay pool."""
+
+    probe: list[Record]
+    replay: list[Record]
+    score: ProbeScore  # the base on its own probe, before training
+
+    def to_json(self) -> dict:
+        """The JSON object a work directory keeps."""
+        from ..data.records import record_to_json
+
+        return {"probe": [record_to_json(r) for r in self.probe], "replay": [record_to_json(r) for r in self.replay],
+                "recall": self.score.recall, "answer_logprob": self.score.answer_logprob}
+
+    @classmethod
+    def from_json(cls, stored: dict) -> "BaseAnswers":
+        """The answers a work directory kept."""
+        probe, replay = (_records(stored[side]) for side in ("probe", "replay"))
+        return cls(probe, replay, ProbeScore(stored["recall"], stored["answer_logprob"], len(probe)))
+
+
+def _records(items: list[dict]) -> list[Record]:
+    from ..data.shapes import normalise
+
+    return [normalise(item, index) for index, item in enumerate(items)]
+
+
+def _pair(index: int, prompt: str, answer: str) -> Record:
+    return Record(index, "pair", "prompt/completion", prompt=prompt, response=answer)
+
+
+def greedy_answers(model, tokenizer, template: PromptTemplate, prompts: Sequence[str],
+                   max_new_tokens: int = MAX_ANSWER_TOKENS, batch_size: int = 64) -> list[str | None]:
+    """Each prompt's greedy answer through `template`, or None where it does not end within `max_new_tokens`."""
+    import copy
+
+    import torch
+
+    eos = tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    items = probe_items(tokenizer, template, [_pair(i, p, ".") for i, p in enumerate(prompts)])
+    # the model's own settings with greedy decoding over them: a fresh GenerationConfig would be merged with the
+    # model's defaults, and transformers prints a note for each value it changes
+    settings = copy.deepcopy(model.generation_config)
+    settings.update(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos, pad_token_id=pad,
+                    temperature=None, top_p=None, top_k=None, max_length=None)
+    device = next(model.parameters()).device
+    answers: list[str | None] = []
+    with scoring(model):
+        for first in range(0, len(items), batch_size):
+            prompt_ids = [item.prompt_ids for item in items[first:first + batch_size]]
+            longest = max(len(ids) for ids in prompt_ids)
+            ids = torch.tensor([[pad] * (longest - len(p)) + p for p in prompt_ids], device=device)
+            mask = torch.tensor([[0] * (longest - len(p)) + [1] * len(p) for p in prompt_ids], device=device)
+            generated = model.generate(input_ids=ids, attention_mask=mask, generation_config=settings)
+            for row in generated[:, longest:].tolist():
+                answers.append(tokenizer.decode(row[:row.index(eos)], clean_up_tokenization_spaces=False)
+                               if eos in row else None)
+    return answers
+
+
+def record_base(model, tokenizer, template: PromptTemplate, prompts: Sequence[str]) -> BaseAnswers | None:
+    """The base's reproducible answers to `prompts`, split into probe and replay (None: it ends too few)."""
+    screened = greedy_answers(model, tokenizer, template, prompts[:SCREENED])
+    if sum(answer is not None for answer in screened) < MIN_ANSWERED * len(screened):
+        return None
+    answers = screened + greedy_answers(model, tokenizer, template, prompts[SCREENED:])
+    pairs = [_pair(i, prompt, answer) for i, (prompt, answer) in enumerate(zip(prompts, answers))
+             if answer and answer.strip()]
+    scores = answer_scores(model, tokenizer, probe_items(tokenizer, template, pairs)) if pairs else []
+    kept = [pair for pair, score in zip(pairs, scores) if score.greedy]
+    probe, replay = kept[0::2], kept[1::2]
+    if not probe:
+        return None
+    return BaseAnswers(probe, replay, score_probe(model, tokenizer, template, probe))
+
+
+def base_answers_of_session_one(work: Path, model, tokenizer, template: PromptTemplate,
+                                prompts: Sequence[str]) -> BaseAnswers | None:
+    """What the base answers, recorded once per session into the work directory (a resume reads it back)."""
+    path = work / BASE_FILE
+    if path.exists():
+        stored = json.loads(path.read_text(encoding="utf-8"))
+        return BaseAnswers.from_json(stored) if stored else None
+    base = record_base(model, tokenizer, template, prompts)
+    path.write_text(json.dumps(base.to_json() if base else None, ensure_ascii=False) + "\n", encoding="utf-8")
+    return base
+
+
+def settle_base(config, plan, history: list, work: Path, processes, start, resumed: bool) -> BaseAnswers | None:
+    """Session 0 of a session (`config` its TrainConfig, `start` its StartModel): the base's answers as session 1
+    stored them, or, for a first session from a pretrained base, asked now (read back on --resume)."""
+    from ..data.general_prompts import general_prompts
+
+    if plan.continues:
+        return stored_base(Path(config.output_dir), history[0] if history else None)
+    if plan.source == SCRATCH_MODEL_NAME or config.base_prompts == 0:
+        return None
+    prompts = general_prompts()[:config.base_prompts]
+    if not resumed:
+        say(f"🧭 Session 0: asking the base {len(prompts)} general prompts, so that what it knows can be kept "
+            "(--base-prompts 0 skips it)...")
+    base = processes.main_first(lambda: base_answers_of_session_one(work, start.model, start.tokenizer,
+                                                                    start.template, prompts))
+    if not resumed:
+        say(f"🧭 Session 0: the base reproduces {len(base.probe) + len(base.replay)} of its answers: "
+            f"{len(base.probe)} to check after every session, {len(base.replay)} to replay"
+            if base else "🧭 Session 0: the base ends too few answers to keep (no session 0)")
+    return base
+
+
+def stored_base(model_dir: Path, first_session) -> BaseAnswers | None:
+    """The base's probe and replay slices and its own score, as session 1 stored them (None: no session 0)."""
+    if first_session is None or first_session.base_probe_count is None:
+        return None
+    probe = store.read_slices(model_dir, store.PROBE_DIR).get(BASE_SESSION, [])
+    replay = store.read_slices(model_dir, store.REPLAY_DIR).get(BASE_SESSION, [])
+    if not probe:
+        return None
+    return BaseAnswers(probe, replay, ProbeScore(first_session.base_recall, first_session.base_answer_logprob,
+                                                 len(probe)))
+
+
+def write_base_slices(model_dir: Path, base: BaseAnswers) -> None:
+    """Store the base's probe and replay slices as session 0's."""
+    store.write_slice(model_dir, store.PROBE_DIR, BASE_SESSION, base.probe, len(base.probe), 0)
+    store.write_slice(model_dir, store.REPLAY_DIR, BASE_SESSION, base.replay, len(base.replay), 0)
