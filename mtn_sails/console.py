@@ -58,6 +58,7 @@ _live_width = 0  # characters of the updating line now on stdout (`live`); 0: no
 
 
 def _printable(text: str, stream: TextIO) -> str:
+    """`text` as `stream` can print it: without emoji, else in ASCII with replacements."""
     if not can_encode(text, stream):
         text = plain(text)
         if not can_encode(text, stream):
@@ -75,6 +76,7 @@ def _clear_live() -> None:
 
 
 def _write(text: str, stream: TextIO) -> None:
+    """Print one line to `stream`, on a line of its own even while the updating line is shown."""
     _clear_live()
     print(_printable(text, stream), file=stream, flush=True)
 

@@ -54,6 +54,7 @@ class SessionProgress(TrainerCallback):
         self._epoch_start(state)
 
     def _epoch_start(self, state) -> None:
+        """Where the current epoch's loss mean starts counting."""
         self.epoch_step, self.epoch_loss = state.global_step, self.totals()[0]
 
     def on_epoch_begin(self, args, state, control, **kwargs):
@@ -89,6 +90,7 @@ class SessionProgress(TrainerCallback):
         self.training = False
 
     def _epoch_line(self, state) -> None:
+        """The plain line of an epoch that ended, off a terminal: 'epoch 1/3: loss …, eval loss … (12s)'."""
         if self.terminal or not state.is_world_process_zero:
             return
         parts = [f"loss {self.train_loss:.4f}" if self.train_loss is not None else "loss -"]

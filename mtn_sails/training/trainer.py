@@ -227,6 +227,7 @@ class SailsTrainer(Trainer):
         self.tokens_seen = 0  # the tokens this process trained on in this run (padding left out)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
+        """The Trainer's step, counting its tokens and summing its loss for progress.py."""
         # Counted on the collator's CPU tensors (the Trainer moves them to the device inside), so no device sync;
         # rows shared by several examples have no mask and pad only each row's end.
         mask = inputs.get("attention_mask")
