@@ -98,7 +98,7 @@ def run_arm(shape_name: str, arm: str, steps: int, batch_size: int, max_length: 
     with tempfile.TemporaryDirectory() as checkpoints:
         settings = TrainSettings(learning_rate=1e-4, epochs=1, batch_size=batch_size, gradient_accumulation_steps=1,
                                  seed=0, checkpoint_dir=Path(checkpoints), device="cpu")
-        args, _ = training_arguments(settings, has_eval=False, packed=False, show_progress=False)
+        args, _ = training_arguments(settings, has_eval=False, packed=False)
         args.save_strategy = args.logging_strategy = "no"  # nothing but steps is timed
 
         class StepClock(TrainerCallback):

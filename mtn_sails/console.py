@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import sys
 from contextlib import contextmanager
 from typing import Iterator, TextIO
@@ -53,12 +54,52 @@ def quiet() -> Iterator[None]:
         mute(previous)
 
 
-def _write(text: str, stream: TextIO) -> None:
+_live_width = 0  # characters of the updating line now on stdout (`live`); 0: none
+
+
+def _printable(text: str, stream: TextIO) -> str:
+    """`text` as `stream` can print it: without emoji, else in ASCII with replacements."""
     if not can_encode(text, stream):
         text = plain(text)
         if not can_encode(text, stream):
             text = text.encode("ascii", "replace").decode("ascii")
-    print(text, file=stream, flush=True)
+    return text
+
+
+def _clear_live() -> None:
+    """Blank the updating line, so that a message takes its place; the next `live` draws it again below."""
+    global _live_width
+    if _live_width:
+        sys.stdout.write("\r" + " " * _live_width + "\r")
+        sys.stdout.flush()
+        _live_width = 0
+
+
+def _write(text: str, stream: TextIO) -> None:
+    """Print one line to `stream`, on a line of its own even while the updating line is shown."""
+    _clear_live()
+    print(_printable(text, stream), file=stream, flush=True)
+
+
+def live(text: str) -> None:
+    """Rewrite stdout's current line with `text` (progress on a terminal, updated in place), cut to the terminal's
+    width so that it never wraps; muted like `say`."""
+    global _live_width
+    if _quiet or _worker:
+        return
+    text = _printable(text, sys.stdout)[:max(20, shutil.get_terminal_size().columns - 1)]
+    sys.stdout.write("\r" + text.ljust(_live_width))  # the padding blanks what a longer line left
+    sys.stdout.flush()
+    _live_width = len(text)
+
+
+def end_live() -> None:
+    """End the updating line with a newline: what it last said stays on the terminal."""
+    global _live_width
+    if _live_width:
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        _live_width = 0
 
 
 def say(text: str, stream: TextIO | None = None) -> None:

@@ -1,8 +1,9 @@
 """`mtn-sails web`: an offline static page that answers with the exported model in the browser.
 
 The page (mtn_sails/runtime/web_page/) runs transformers.js on onnxruntime-web's WebAssembly build, both
-copied in from the pinned npm install (package-lock.json; `make` runs `npm ci`): no CDN, so it works
-offline and nothing a user types leaves the browser. The export is laid out beside the page as
+copied in from the wheel's package data (web_assets/, which setup.py fills at build time) or, in a checkout,
+from the pinned npm install (package-lock.json; `make` runs `npm ci`): no CDN, so it works offline and
+nothing a user types leaves the browser. The export is laid out beside the page as
 transformers.js reads it (docs/WEB.md); its graphs are hard-linked where the file system allows
 (no second copy of the bytes), the small files copied. The page is written to a staging directory
 and swapped in whole, like every directory mtn-sails writes.
@@ -38,6 +39,7 @@ VENDOR_FILES = {
     "onnxruntime-web/dist/ort-wasm-simd-threaded.mjs": "ort-wasm-simd-threaded.mjs",
     "onnxruntime-web/dist/ort-wasm-simd-threaded.wasm": "ort-wasm-simd-threaded.wasm",
 }
+ASSETS_DIR = Path(__file__).with_name("web_assets")  # a wheel's copies of VENDOR_FILES (setup.py), licences beside
 # The export's small files transformers.js reads (tokenizer_config.json holds the eos and the
 # decoding settings), plus the template the page renders prompts with.
 MODEL_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
@@ -70,6 +72,15 @@ def find_node_modules() -> Path:
             return candidate
     raise InputError("transformers.js is not installed: run `make venv` (or `npm ci` in the mtn-sails checkout), "
                      f"or point {NODE_MODULES_ENV} at a node_modules holding @huggingface/transformers")
+
+
+def vendor_sources() -> dict[str, Path]:
+    """Each vendor/ file's source: the wheel's copies, unless $MTN_SAILS_NODE_MODULES names an npm install, else
+    the checkout's (or ./) node_modules."""
+    if not os.environ.get(NODE_MODULES_ENV) and all((ASSETS_DIR / name).is_file() for name in VENDOR_FILES.values()):
+        return {name: ASSETS_DIR / name for name in VENDOR_FILES.values()}
+    node_modules = find_node_modules()
+    return {name: node_modules / source for source, name in VENDOR_FILES.items()}
 
 
 def _check_export(onnx_dir: Path, option_value: str) -> None:
@@ -116,13 +127,14 @@ def site_settings(onnx_dir: Path, dtypes: list[str], max_new_tokens: int) -> dic
             "template": asdict(template_beside(onnx_dir))}
 
 
-def write_site(onnx_dir: Path, target: Path, node_modules: Path, max_new_tokens: int) -> WebSite:
-    """Write the page, the vendored runtime and the model into the empty directory `target`."""
+def write_site(onnx_dir: Path, target: Path, vendor: dict[str, Path], max_new_tokens: int) -> WebSite:
+    """Write the page, the vendored runtime (`vendor`: name -> source, vendor_sources) and the model into the
+    empty directory `target`."""
     for name in PAGE_FILES:
         shutil.copyfile(PAGE_DIR / name, target / name)
-    for source, name in VENDOR_FILES.items():
-        (target / "vendor").mkdir(exist_ok=True)
-        shutil.copyfile(node_modules / source, target / "vendor" / name)
+    (target / "vendor").mkdir()
+    for name, source in vendor.items():
+        shutil.copyfile(source, target / "vendor" / name)
     model = target / MODEL_DIR
     (model / "onnx").mkdir(parents=True)
     for name in MODEL_FILES:  # small, and a user may edit them in the page: copies, never links
@@ -148,13 +160,13 @@ def build_site(config: WebConfig) -> WebSite:
     onnx_dir, out_dir = Path(config.onnx_output), Path(config.out)
     _check_export(onnx_dir, config.onnx_output)
     _check_out(out_dir, onnx_dir, config.out)
-    node_modules = find_node_modules()
+    vendor = vendor_sources()
     # The export is locked too: no export may swap it while its files are linked and copied.
     with store.locked(onnx_dir), store.locked(out_dir):
         store.recover(out_dir)
         staging = store.fresh_staging(out_dir)
         try:
-            site = write_site(onnx_dir, staging, node_modules, config.max_new_tokens)
+            site = write_site(onnx_dir, staging, vendor, config.max_new_tokens)
             store.replace_directory(staging, out_dir)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)

@@ -1,5 +1,5 @@
-"""The HF Trainer wrapper: arguments, precision, the epoch report and the loss (tokenising lives in tokenizing.py,
-batching in collators.py, scoring in scoring.py).
+"""The HF Trainer wrapper: arguments, precision and the loss (tokenising lives in tokenizing.py, batching in
+collators.py, scoring in scoring.py, the progress lines in progress.py).
 
 Imported only by the commands that train, so `--help` and `validate` never load torch.
 """
@@ -9,7 +9,6 @@ import contextlib
 import functools
 import logging
 import os
-import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any, Sequence
 
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
-from transformers.trainer_callback import PrinterCallback, ProgressCallback
+from transformers.trainer_callback import PrinterCallback
 
 from .collators import example_collator
 from ..config import FP16_NEEDS_CUDA
@@ -25,6 +24,7 @@ from ..console import say
 from ..errors import InputError
 from ..data.records import Record
 from ..data.template import PromptTemplate
+from .progress import SessionProgress
 from .scoring import head_on_positions, label_positions, perplexity
 from .retention import Retention, distillation_loss, distillation_positions
 from .tokenizing import REPLAYED, TokenizedData
@@ -102,8 +102,7 @@ def cpu_has_native_bf16() -> bool:
     return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
 
 
-def training_arguments(settings: TrainSettings, has_eval: bool, packed: bool, show_progress: bool,
-                       width: int | None = None):
+def training_arguments(settings: TrainSettings, has_eval: bool, packed: bool, width: int | None = None):
     """The HF TrainingArguments of a session (`width`: the model's hidden size, for --precision auto)."""
     if settings.device == "cuda" and not torch.cuda.is_available():
         raise InputError("--device cuda was asked for but no CUDA device is available")
@@ -129,7 +128,7 @@ def training_arguments(settings: TrainSettings, has_eval: bool, packed: bool, sh
         eval_strategy="epoch" if has_eval else "no",
         logging_strategy="epoch",
         report_to="none",
-        disable_tqdm=not show_progress,
+        disable_tqdm=True,  # progress.py prints the session's progress
         group_by_length=settings.group_by_length and not packed,
         length_column_name="length",
         remove_unused_columns=False,  # the collator drops `length`; keeping it spares a pass over the data
@@ -143,19 +142,6 @@ def training_arguments(settings: TrainSettings, has_eval: bool, packed: bool, sh
         dataloader_pin_memory=torch.cuda.is_available(),
         prediction_loss_only=True,  # evaluation needs the loss only; gathering logits costs memory
     ), precision
-
-
-class EpochReport(TrainerCallback):
-    """Prints one line per epoch (train loss, eval loss) instead of the Trainer's raw log dicts."""
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if not state.is_world_process_zero or not logs:
-            return
-        epoch = logs.get("epoch", state.epoch)
-        if "loss" in logs:
-            say(f"   epoch {epoch:.2f}: train loss {logs['loss']:.4f}")
-        elif "eval_loss" in logs:
-            say(f"   epoch {epoch:.2f}: eval loss {logs['eval_loss']:.4f}")
 
 
 @dataclass
@@ -237,6 +223,22 @@ class SailsTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.retention = retention or Retention()
         self.logits_on_labels = logits_on_labels
+        self.loss_total: Any = 0.0  # the training loss summed over this run's steps, for the progress line
+        self.tokens_seen = 0  # the tokens this process trained on in this run (padding left out)
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        """The Trainer's step, counting its tokens and summing its loss for progress.py."""
+        # Counted on the collator's CPU tensors (the Trainer moves them to the device inside), so no device sync;
+        # rows shared by several examples have no mask and pad only each row's end.
+        mask = inputs.get("attention_mask")
+        self.tokens_seen += int(mask.sum()) if mask is not None else inputs["input_ids"].numel()
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        self.loss_total = self.loss_total + loss  # a tensor: read (a host sync) only when the line is drawn
+        return loss
+
+    def progress_totals(self) -> tuple[float, int]:
+        """(training loss summed over this run's steps, tokens trained on): what progress.py reads."""
+        return float(self.loss_total), self.tokens_seen
 
     def _get_train_sampler(self, train_dataset=None):
         return self.retention.sampler or super()._get_train_sampler(train_dataset)
@@ -292,8 +294,7 @@ def run_training(model, tokenizer, data: TokenizedData, settings: TrainSettings,
                  callbacks: Sequence[TrainerCallback] = ()) -> tuple[Any, TrainOutcome]:
     """Train with the HF Trainer (`callbacks` added to its own); returns (trainer, outcome). The caller saves the
     model."""
-    show_progress = sys.stderr.isatty()
-    args, precision = training_arguments(settings, data.eval is not None, data.packed, show_progress,
+    args, precision = training_arguments(settings, data.eval is not None, data.packed,
                                          getattr(model.config, "hidden_size", None))
     collator = example_collator(model, tokenizer.pad_token_id, data, settings.share_rows,
                                 distilling=retention is not None and retention.teacher is not None)
@@ -302,10 +303,8 @@ def run_training(model, tokenizer, data: TokenizedData, settings: TrainSettings,
     trainer = SailsTrainer(model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
                            data_collator=collator, processing_class=tokenizer, retention=retention,
                            logits_on_labels=settings.logits_on_labels)
-    trainer.remove_callback(PrinterCallback)
-    if not show_progress:
-        trainer.remove_callback(ProgressCallback)
-    trainer.add_callback(EpochReport())
+    trainer.remove_callback(PrinterCallback)  # its log dicts; progress.py says what they would
+    trainer.add_callback(SessionProgress(trainer.progress_totals))
     for callback in callbacks:
         trainer.add_callback(callback)
     if getattr(model, "loss_type", None) is None:
