@@ -18,16 +18,22 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Sequence
 
 from common import REPO, machine, write_json
 from tools.real_base import chat_answer as ask, real_base_dir, real_base_gguf
 
-GENERAL = [("What is the capital of France?", "Paris"), ("What is the capital of Japan?", "Tokyo"),
-           ("What is the capital of Germany?", "Berlin"), ("What is the capital of Canada?", "Ottawa"),
-           ("What is the capital of Egypt?", "Cairo"), ("What is the chemical symbol for gold?", "Au"),
-           ("What planet is known as the Red Planet?", "Mars"), ("What is the chemical formula of water?", "H2O"),
-           ("Who developed the theory of relativity?", "Einstein"), ("What is 15 minus 6?", "9"),
-           ("How many sides does a triangle have?", "three"), ("What does a thermometer measure?", "temperature")]
+# Held out from the bundled general prompts of session 0 (a test checks it), so that what the base keeps here is
+# not what session 0 replays or probes; each one the base answers right, greedy (the key word is in its reply).
+GENERAL = [("What is the capital of Greece?", "Athens"), ("What is the capital of Sweden?", "Stockholm"),
+           ("What is the capital of Norway?", "Oslo"), ("What is the capital of Poland?", "Warsaw"),
+           ("What is the capital of Ireland?", "Dublin"), ("What is the capital of Thailand?", "Bangkok"),
+           ("What is the capital of South Korea?", "Seoul"), ("What is the capital of Austria?", "Vienna"),
+           ("What is the capital of Cuba?", "Havana"), ("What is the chemical symbol for silver?", "Ag"),
+           ("What is the chemical symbol for potassium?", "K"), ("Who wrote Hamlet?", "Shakespeare"),
+           ("How many days are in a year?", "365"), ("What do bees collect from flowers?", "nectar"),
+           ("What language is spoken in Portugal?", "Portuguese"),
+           ("What is the currency of Europe's euro zone called?", "euro")]
 SYLLABLES = ["mor", "vel", "zan", "tar", "kesh", "bre", "vik", "lun", "os", "trel", "fer", "quil", "dra", "sen",
              "pol", "ith", "gar", "nu", "wen", "cal", "bro", "ria", "tem", "hal"]
 ATTRIBUTES = [("vault code", lambda r: str(r.randint(1000, 9999))), ("founder", lambda r: name(r, 2) + " " + name(r, 3)),
@@ -65,10 +71,16 @@ def measure(model_dir: Path | str, sessions: list[list[tuple[str, str]]]) -> dic
     return {"recall": recall, "general": general}
 
 
-def run(seed: int, per_session: int, work: Path) -> dict:
-    """Three default sessions from the .gguf file into one directory; the figures after each."""
+def replay_share(record: dict) -> float:
+    """Replayed examples as a share of every example the session trained on."""
+    replayed = record.get("replayed_examples") or 0
+    return replayed / (record["epochs"] * record["train_examples"] + replayed)
+
+
+def run(seed: int, per_session: int, work: Path, sessions: int = 3, train_args: Sequence[str] = ()) -> dict:
+    """Default sessions (plus `train_args`) from the .gguf file into one directory; the figures after each."""
     rng = random.Random(seed)
-    session_facts = [facts(rng, per_session) for _ in range(3)]
+    session_facts = [facts(rng, per_session) for _ in range(sessions)]
     output = work / "trained_model"
     base = measure(real_base_dir(), [])
     rows = []
@@ -76,7 +88,7 @@ def run(seed: int, per_session: int, work: Path) -> dict:
         data = work / f"session_{number}.json"
         data.write_text(json.dumps([{"question": q, "answer": a} for q, a in session]), encoding="utf-8")
         command = [sys.executable, str(REPO / "main.py"), "train", "--data-file", str(data), "--output-dir", str(output),
-                   "--eval-split", "0", "--seed", str(seed)]
+                   "--eval-split", "0", "--seed", str(seed), *train_args]
         if number == 1:
             command += ["--model-name", str(real_base_gguf())]
         started = time.perf_counter()
@@ -89,11 +101,13 @@ def run(seed: int, per_session: int, work: Path) -> dict:
         rows.append({"session": number, "seconds": round(seconds, 1), "epochs": record["epochs"],
                      "stopped": record.get("stopped"), "learning_rate": record["learning_rate"],
                      "steps": record["steps"], "recall_now": after["recall"],
-                     "probe_recall": record["recall"],
+                     "probe_recall": record["recall"], "replayed": record.get("replayed_examples"),
+                     "replay_share": replay_share(record),
+                     "base_kept": next((row["kept"] for row in record["forgetting"] if row["session"] == 0), None),
                      "general_kept": sum(g and b for g, b in zip(after["general"], base["general"]))
                      / max(1, sum(base["general"]))})
         print(json.dumps(rows[-1]), flush=True)
-    return {"seed": seed, "facts_per_session": per_session, "base_general_right": sum(base["general"]),
+    return {"seed": seed, "facts_per_session": per_session, "train_args": list(train_args), "base_general_right": sum(base["general"]),
             "general_questions": len(GENERAL), "sessions": rows}
 
 
@@ -102,12 +116,14 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--facts", type=int, default=12, help="facts per session")
     parser.add_argument("--work", default=None, help="working directory (default: a temporary one)")
+    parser.add_argument("--sessions", type=int, default=3)
+    parser.add_argument("--train-args", default="", help="options added to every session, e.g. '--replay 0.5'")
     parser.add_argument("--json-out", default=None)
     args = parser.parse_args()
     import tempfile
 
     with tempfile.TemporaryDirectory() as temporary:
-        result = run(args.seed, args.facts, Path(args.work or temporary))
+        result = run(args.seed, args.facts, Path(args.work or temporary), args.sessions, args.train_args.split())
     result["machine"] = machine("torch")
     write_json(args.json_out, result)
     print(json.dumps(result, indent=1))

@@ -29,6 +29,9 @@ RECALL_TARGET = 0.95  # with --epochs left out: a session stops once this share 
 # "Knowledge on a real base" counts them).
 MAX_EPOCHS = 30.0
 BASE_PROMPTS = 256  # general prompts a pretrained base answers as session 0 (all that are bundled)
+# A checkpoint holds the weights and the optimizer's state (three times the weights) for --resume: written at
+# every one of a session's many short epochs it costs more than the training a crash could lose.
+CHECKPOINT_MINUTES = 5.0
 KEEP_THRESHOLD = 0.9  # an earlier session that keeps less of its probe recall than this is named at the end
 REPLAY_SELECTIONS = ("uniform", "targeted")
 REPLAY_DRAWS = ("epoch", "session")
@@ -136,8 +139,12 @@ class TrainConfig:
                             "(AVX-512 BF16 or AMX) and the model is 512 wide or more, else fp32; fp32 opts "
                             "out of mixed precision; fp16 needs CUDA",
                             default="auto", choices=PRECISIONS)
-    save_steps: int = option("steps between resumable checkpoints (0: once per epoch, at most "
-                             "10 per session)", default=0)
+    save_steps: int = option("steps between resumable checkpoints (0: at epoch ends, as --checkpoint-minutes "
+                             "says)", default=0)
+    checkpoint_minutes: float = option("without --save-steps: a resumable checkpoint at the first epoch end after "
+                                       "this many minutes of training since the last one, never at the end (a "
+                                       "shorter session writes none; 0: every epoch, at most 10 per session)",
+                                       default=CHECKPOINT_MINUTES)
     preference_as: str | None = option(PREFERENCE_HELP, choices=PREFERENCE_SIDES)
     template: str = option("prompt format: auto (a continued model's stored one; else the base tokenizer's chat "
                            "template when it has one, the product template otherwise), chat (the base's chat "
@@ -174,6 +181,7 @@ class TrainConfig:
         _require(self.base_prompts >= 0, f"--base-prompts must be 0 or more, got {self.base_prompts}")
         _require(0 <= self.keep_threshold <= 1, f"--keep-threshold must be in [0, 1], got {self.keep_threshold}")
         _require(self.save_steps >= 0, "--save-steps must be 0 or positive")
+        _require(self.checkpoint_minutes >= 0, f"--checkpoint-minutes must be 0 or more, got {self.checkpoint_minutes}")
         _require(not (self.precision == "fp16" and self.device == "cpu"), FP16_NEEDS_CUDA)
         if self.learning_rate is not None:
             _require(0 < self.learning_rate < 1, f"--learning-rate must be in (0, 1), got {self.learning_rate}")

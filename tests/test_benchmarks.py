@@ -233,3 +233,10 @@ def test_the_monkeypatch_check_sees_an_assignment_and_a_setattr():
                         "t.SailsTrainer = object\nsetattr(mtn_sails.cli, 'main', print)\nx = t.run_training\n")
     assert _monkeypatches(patched) == [3, 4]
     assert _sys_path_changes(ast.parse("import sys\nsys.path.insert(0, 'x')\nsys.path[:0] = ['y']\n")) == [2, 3]
+
+
+def test_the_real_base_benchmark_asks_general_questions_session_0_never_saw(monkeypatch):
+    from mtn_sails.data.general_prompts import general_prompts
+
+    bench = load_benchmark("real_base_sessions", monkeypatch)
+    assert len(bench.GENERAL) >= 12 and not {question for question, _ in bench.GENERAL} & set(general_prompts())

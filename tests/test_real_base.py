@@ -112,7 +112,7 @@ def test_session_0_keeps_the_bases_own_answers_and_the_table_shows_what_the_chat
     session = json.loads((trained / "training_history.json").read_text())["sessions"][0]
     probe = store.read_slices(trained, store.PROBE_DIR)[0]
     replay = store.read_slices(trained, store.REPLAY_DIR)[0]
-    assert session["base_probe_count"] == len(probe) >= 32 and session["base_recall"] == 1.0
+    assert session["base_probe_count"] == len(probe) >= 16 and len(replay) >= 64 and session["base_recall"] == 1.0
     assert not {r.prompt for r in probe} & {r.prompt for r in replay}  # the probe is never replayed
     base_row = next(row for row in session["forgetting"] if row["session"] == 0)
     model, tokenizer = chat_model

@@ -3,15 +3,16 @@ changes it.
 
 The first session from a pretrained base asks the base every bundled general prompt (data/general_prompts.py)
 through the session's template, greedy, as `generate` decodes, and keeps the answers that end at the end of
-the turn and that the base reproduces teacher-forced (the probe's exact-match test). Half of them are the
-base's probe, answered again after every later session (the forgetting table's `base` row); the other half
-are its replay slice: the base's own answers replayed like an earlier session's examples (self-rehearsal),
+the turn and that the base reproduces teacher-forced (the probe's exact-match test). Those it gives decisively
+(DECISIVE) are the base's probe, answered again after every later session (the forgetting table's `base`
+row); the others are its replay slice: the base's own answers replayed like an earlier session's examples (self-rehearsal),
 so the probe measures knowledge kept, not the replayed answers memorised. A base that ends too few of its
 answers (random weights, the scratch base) has no session 0.
 """
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -27,6 +28,11 @@ BASE_SESSION = 0  # the base's slices are stored as session 0's
 MAX_ANSWER_TOKENS = 48  # a longer answer is not kept: the prompts ask for short ones
 SCREENED = 16  # prompts answered first; a base that ends fewer than MIN_ANSWERED of them is not asked the rest
 MIN_ANSWERED = 0.25
+# A probe answer is one the base gives decisively: each of its tokens the base's choice with at least this
+# probability. A small base's answers are full of near-ties that any change of the weights flips (a 1% random
+# change or bf16 rounding, with nothing learned), so recall on them would measure noise, not knowledge lost
+# (BENCHMARKS.md "Knowledge on a real base" measures both). The other answers it reproduces are replayed.
+DECISIVE = 0.3
 BASE_FILE = "base_answers.json"  # in the work directory: what a resumed session 1 recorded before training
 
 
@@ -93,7 +99,8 @@ def greedy_answers(model, tokenizer, template: PromptTemplate, prompts: Sequence
 
 
 def record_base(model, tokenizer, template: PromptTemplate, prompts: Sequence[str]) -> BaseAnswers | None:
-    """The base's reproducible answers to `prompts`, split into probe and replay (None: it ends too few)."""
+    """The base's reproducible answers to `prompts`: the decisive ones its probe, the others its replay pool
+    (None: it ends too few, or gives none decisively)."""
     screened = greedy_answers(model, tokenizer, template, prompts[:SCREENED])
     if sum(answer is not None for answer in screened) < MIN_ANSWERED * len(screened):
         return None
@@ -101,8 +108,9 @@ def record_base(model, tokenizer, template: PromptTemplate, prompts: Sequence[st
     pairs = [_pair(i, prompt, answer) for i, (prompt, answer) in enumerate(zip(prompts, answers))
              if answer and answer.strip()]
     scores = answer_scores(model, tokenizer, probe_items(tokenizer, template, pairs)) if pairs else []
-    kept = [pair for pair, score in zip(pairs, scores) if score.greedy]
-    probe, replay = kept[0::2], kept[1::2]
+    decisive = math.log(DECISIVE)
+    probe = [pair for pair, score in zip(pairs, scores) if score.greedy and score.weakest >= decisive]
+    replay = [pair for pair, score in zip(pairs, scores) if score.greedy and score.weakest < decisive]
     if not probe:
         return None
     return BaseAnswers(probe, replay, score_probe(model, tokenizer, template, probe))

@@ -227,9 +227,12 @@ def train_session(session: Session, data: SessionData, start: StartModel):
     steps = optimizer_steps(examples, config.batch_size, processes.world_size,
                             config.gradient_accumulation_steps, epochs.epochs)
     _say_training(session, data, examples, tokens.packed, kit, steps, epochs)
+    on_clock = not config.save_steps and config.checkpoint_minutes > 0  # CheckpointClock decides
     settings = TrainSettings(plan.learning_rate, epochs.epochs, config.batch_size,
                              config.gradient_accumulation_steps, config.seed, session.work / "checkpoints",
-                             checkpoint_interval(config.save_steps, epochs.epochs, steps), config.device,
+                             0 if on_clock else checkpoint_interval(config.save_steps, epochs.epochs, steps),
+                             checkpoint_every_s=60 * config.checkpoint_minutes if on_clock else 0.0,
+                             device=config.device,
                              precision=config.precision, lr_schedule=config.lr_schedule,
                              warmup_ratio=config.warmup_ratio, share_rows=not config.pad_examples)
     trainer, outcome = run_training(start.model, start.tokenizer, tokens, settings, resume_from=session.checkpoint,

@@ -9,10 +9,11 @@ import contextlib
 import functools
 import logging
 import os
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
@@ -47,7 +48,8 @@ class TrainSettings:
     gradient_accumulation_steps: int
     seed: int
     checkpoint_dir: Path
-    save_steps: int = 0  # 0: one resumable checkpoint per epoch
+    save_steps: int = 0  # 0: at epoch ends, as checkpoint_every_s says
+    checkpoint_every_s: float = 0.0  # without save_steps: a checkpoint once this much time passed (0: every epoch)
     device: str = "auto"
     precision: str = "auto"
     group_by_length: bool = True
@@ -110,7 +112,8 @@ def training_arguments(settings: TrainSettings, has_eval: bool, packed: bool, wi
     # TrainingArguments leaves its choice in ACCELERATE_MIXED_PRECISION and reads it back, so one bf16 session
     # made every later session of the process bf16 too (the Python API runs several); the session's own decides.
     os.environ["ACCELERATE_MIXED_PRECISION"] = precision if precision in ("bf16", "fp16") else "no"
-    per_epoch = "steps" if settings.save_steps else "epoch"
+    # on a time budget the Trainer saves nothing itself; CheckpointClock asks for each checkpoint
+    per_epoch = "steps" if settings.save_steps else ("no" if settings.checkpoint_every_s > 0 else "epoch")
     return TrainingArguments(
         output_dir=str(settings.checkpoint_dir),
         learning_rate=settings.learning_rate,
@@ -289,6 +292,28 @@ class SailsTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
 
+class CheckpointClock(TrainerCallback):
+    """A resumable checkpoint at the first epoch end `every_s` seconds after the last one (or the start), never at
+    the end of training (the model is saved right after): a session shorter than that writes none, and a crash
+    loses at most that much training, while each checkpoint (weights and optimizer state) costs a few seconds."""
+
+    def __init__(self, every_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.every_s, self.clock = every_s, clock
+        self.since = clock()
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.since = self.clock()
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        ending = control.should_training_stop or state.global_step >= state.max_steps
+        if not ending and self.clock() - self.since >= self.every_s:
+            control.should_save = True
+        return control
+
+    def on_save(self, args, state, control, **kwargs):
+        self.since = self.clock()
+
+
 def run_training(model, tokenizer, data: TokenizedData, settings: TrainSettings, resume_from: str | None = None,
                  retention: Retention | None = None,
                  callbacks: Sequence[TrainerCallback] = ()) -> tuple[Any, TrainOutcome]:
@@ -307,6 +332,8 @@ def run_training(model, tokenizer, data: TokenizedData, settings: TrainSettings,
     trainer.add_callback(SessionProgress(trainer.progress_totals))
     for callback in callbacks:
         trainer.add_callback(callback)
+    if args.save_strategy == "no" and settings.checkpoint_every_s > 0:
+        trainer.add_callback(CheckpointClock(settings.checkpoint_every_s))  # last: it sees whether training stops
     if getattr(model, "loss_type", None) is None:
         model.loss_type = "ForCausalLM"  # GPT2LMHeadModel's class name doesn't map to a loss; silences a warning
     if retention is not None and retention.teacher is not None:

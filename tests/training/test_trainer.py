@@ -112,7 +112,7 @@ def test_an_overlong_prompt_is_cut_from_its_start_so_the_response_survives():
     assert example["labels"][-3:] == [7, 8, EOS]
 
 
-def test_checkpoints_default_to_each_epoch_but_at_most_ten():
+def test_checkpoints_minutes_0_means_each_epoch_but_at_most_ten():
     from mtn_sails.training.work_dir import checkpoint_interval
 
     assert checkpoint_interval(0, epochs=3, total_steps=30) == 0  # at each epoch end
@@ -304,3 +304,24 @@ def test_shared_rows_give_the_padded_batchs_loss_and_gradients_in_every_family(f
     assert losses[1] == pytest.approx(losses[0], rel=1e-5)
     for name, gradient in gradients[0].items():
         torch.testing.assert_close(gradients[1][name], gradient, rtol=1e-4, atol=1e-6)
+
+
+def test_the_checkpoint_clock_saves_at_the_first_epoch_end_past_its_interval_and_never_at_the_end():
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    from mtn_sails.training.trainer import CheckpointClock
+
+    now = [0.0]
+    clock = CheckpointClock(300, clock=lambda: now[0])
+    state, args = TrainerState(max_steps=100, global_step=0), TrainingArguments(output_dir="unused", report_to="none")
+    clock.on_train_begin(args, state, TrainerControl())
+    saved_at = []
+    for epoch_end in range(1, 11):  # an epoch takes 70 s
+        now[0], state.global_step = 70.0 * epoch_end + 5 * len(saved_at), 10 * epoch_end
+        control = clock.on_epoch_end(args, state, TrainerControl())
+        if control.should_save:
+            saved_at.append(epoch_end)
+            now[0] += 5  # the save itself
+            clock.on_save(args, state, control)
+    # 350 s in; then 345 s more by the last epoch end, which ends training and is saved as the model instead
+    assert saved_at == [5]
