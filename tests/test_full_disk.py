@@ -143,3 +143,22 @@ def test_a_read_only_output_directory_is_one_line(session):
     assert "permission denied" in line and line.endswith(f"{model} was left as it was")
     assert hashes(model) == before
     assert_next_session_works(model, data)
+
+
+def test_a_pipeline_whose_export_is_cut_keeps_the_session_and_the_previous_onnx_model(session, tmp_path):
+    """The session completes and is swapped in (a checkpoint-free short session writes nothing larger than its
+    weights); the export after it cannot write its graph: the earlier export stays, and the next pipeline works."""
+    model, data, _, weights_file = session
+    onnx_dir = tmp_path / "onnx_model"
+    first = run_cli("export", "--output-dir", str(model), "--onnx-output", str(onnx_dir), cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = hashes(onnx_dir)
+    args = ("pipeline", "--data-file", str(data), "--output-dir", str(model), "--onnx-output", str(onnx_dir),
+            "--epochs", "1")
+    done = run_cli(*args, cwd=tmp_path, preexec_fn=file_size_limit(weights_file))
+    line = assert_one_line_exit_6(done, "model.onnx")
+    assert "✅ Session 1 saved" in done.stdout and line.endswith(f"{onnx_dir} was left as it was")
+    assert hashes(onnx_dir) == before
+    again = run_cli(*args, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "✅ Session 2 saved" in again.stdout
