@@ -251,6 +251,18 @@ def _check_trained_model(model_dir: Path, option_value: str) -> None:
     check_weights_readable(model_dir)
 
 
+def build_export(model_dir: Path, staging: Path, quantize: bool, tolerance: float) -> ParityReport:
+    """The ONNX export of `model_dir` written into `staging` (graph, tokenizer, template, int8 if asked), checked
+    for parity; returns the parity report."""
+    export_onnx(model_dir, staging)
+    carry_files(model_dir, staging)
+    align_generation_config(staging, load_tokenizer(staging, "--output-dir").eos_token_id)
+    if quantize:
+        say("🔢 Quantising to int8...")
+        quantize_int8(staging)
+    return check_parity(model_dir, staging, tolerance=tolerance)
+
+
 def export(config: ExportConfig, tolerance: float = PARITY_TOLERANCE) -> ExportResult:
     """Export --output-dir to --onnx-output (staged, parity-checked, swapped in whole)."""
     started = time.perf_counter()
@@ -273,13 +285,7 @@ def export(config: ExportConfig, tolerance: float = PARITY_TOLERANCE) -> ExportR
         say(f"📦 Exporting {config.output_dir} to ONNX...")
         staging = store.fresh_staging(onnx_dir)
         try:
-            export_onnx(model_dir, staging)
-            carry_files(model_dir, staging)
-            align_generation_config(staging, load_tokenizer(staging, "--output-dir").eos_token_id)
-            if config.quantize:
-                say("🔢 Quantising to int8...")
-                quantize_int8(staging)
-            report = check_parity(model_dir, staging, tolerance=tolerance)
+            report = build_export(model_dir, staging, config.quantize, tolerance)
             store.replace_directory(staging, onnx_dir)
         except ParityError as error:
             shutil.rmtree(staging, ignore_errors=True)
