@@ -22,7 +22,7 @@ from ..model_dir.history_file import load_history
 from ..model_dir.model_card import save_history
 from ..model_dir.session_record import SessionRecord
 from .distributed import Processes, current_processes
-from .base_answers import BASE_SESSION, BaseAnswers, settle_base
+from .base_answers import BaseAnswers, settle_base
 from .forgetting import Measurements, measure_session
 from .plan import TrainingPlan, plan_training
 from .report import report_session, say_if_trained_before
@@ -131,8 +131,9 @@ def run_session(session: Session, writes: disk.Writes) -> SessionResult:
     check_room(session, writes, start.model)
     data.base = settle_base(session.config, session.plan, session.history, session.work, session.processes, start,
                             resumed=session.checkpoint is not None)
-    if data.base and session.config.replay > 0:
-        data.replay_pool.setdefault(BASE_SESSION, data.base.replay)
+    # Session 1 learns its data alone and only probes the base: six facts with one of the base's answers replayed
+    # (weighted like an earlier session's) did not reach their recall within --max-epochs and lost the base's
+    # general answers too. From session 2 on, the base's slice is replayed with every earlier session's.
     trainer, outcome = train_session(session, data, start)
     staging = save_weights(trainer, session)
     if not session.processes.is_main():
@@ -253,9 +254,7 @@ def _say_training(session: Session, data: SessionData, examples: int, packed: bo
     world_size = session.processes.world_size
     until = f", until {epochs.recall_target:.0%} of its answers are recalled" if epochs.recall_target else ""
     say(f"🚀 Training on {len(data.train_rows)} records"
-        + (f" + {kit.per_epoch} per epoch replayed from "
-           + ("the base's own answers" if list(data.replay_pool) == [BASE_SESSION] else "earlier sessions")
-           if kit.per_epoch else "")
+        + (f" + {kit.per_epoch} per epoch replayed from earlier sessions" if kit.per_epoch else "")
         + (f", {len(data.held_out)} held out" if data.held_out else "")
         + f" ({examples} {'blocks' if packed else 'examples'} per epoch, {'up to ' * bool(until)}{steps} optimizer "
         f"steps on {world_size} process{'es' * (world_size > 1)}) at learning rate {session.plan.learning_rate}"
