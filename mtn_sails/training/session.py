@@ -22,7 +22,7 @@ from ..model_dir.history_file import load_history
 from ..model_dir.model_card import save_history
 from ..model_dir.session_record import SessionRecord
 from .distributed import Processes, current_processes
-from .base_answers import BaseAnswers, settle_base
+from .base_answers import BASE_SESSION, BaseAnswers, settle_base
 from .forgetting import Measurements, measure_session
 from .plan import TrainingPlan, plan_training
 from .report import report_session, say_if_trained_before
@@ -264,16 +264,27 @@ def _say_training(session: Session, data: SessionData, examples: int, packed: bo
             f"({len(kit.frozen)} tensors)")
 
 
+def protected_probes(stored: dict[int, list[Record]], history: list, base: BaseAnswers | None):
+    """The probes auto interpolation protects, by session number, and each one's recall right after its own
+    session: every earlier session's and the base's (session 0, from session 1 on)."""
+    probes = {number: records for number, records in stored.items() if number != BASE_SESSION}
+    recall_before = {record.session: record.recall for record in history}
+    if base is not None:
+        probes[BASE_SESSION], recall_before[BASE_SESSION] = base.probe, base.score.recall
+    return probes, recall_before
+
+
 def interpolate_session(session: Session, model, start: StartModel, data: SessionData, start_weights) -> float:
     """--interpolate: the trained weights moved back towards the start; returns the weight applied."""
     from .interpolation import settle_interpolation
 
     config = session.config
-    probes = store.read_slices(session.output_dir(), store.PROBE_DIR) if session.history else {}
+    stored = store.read_slices(session.output_dir(), store.PROBE_DIR) if session.history else {}
+    probes, recall_before = protected_probes(stored, session.history, data.base)
     if config.interpolation_weight() is None:
         say("🎚️  Choosing the interpolation weight from the probe recall of earlier and new answers...")
     alpha = settle_interpolation(model, start.tokenizer, start.template, start_weights, config.interpolation_weight(),
-                                 probes, {s.session: s.recall for s in session.history}, data.probe)
+                                 probes, recall_before, data.probe)
     say(f"🎚️  Interpolated towards the start model: start + {alpha:g} x change")
     return alpha
 

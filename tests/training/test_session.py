@@ -32,3 +32,20 @@ def test_a_failed_session_keeps_a_checkpoint_that_resume_can_continue(tmp_path):
     (checkpoint / "trainer_state.json").write_text("{partial", encoding="utf-8")  # killed while writing it
     discard_unresumable_work(output)
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_auto_interpolation_protects_the_bases_answers_from_the_first_session_on():
+    from types import SimpleNamespace
+
+    from mtn_sails.data.records import Record
+    from mtn_sails.training.base_answers import BaseAnswers
+    from mtn_sails.training.probe import ProbeScore
+    from mtn_sails.training.session import protected_probes
+
+    answer = Record(0, "pair", "question/answer", prompt="What is the capital of France?", response="Paris.")
+    base = BaseAnswers([answer], [], ProbeScore(1.0, -0.1, 1))
+    assert protected_probes({}, [], base) == ({0: [answer]}, {0: 1.0})  # session 1: the base alone
+    fact = Record(0, "pair", "question/answer", prompt="Vault 7?", response="49.")
+    probes, before = protected_probes({0: [answer], 1: [fact]}, [SimpleNamespace(session=1, recall=0.9)], base)
+    assert probes == {0: [answer], 1: [fact]} and before == {0: 1.0, 1: 0.9}
+    assert protected_probes({1: [fact]}, [SimpleNamespace(session=1, recall=0.9)], None) == ({1: [fact]}, {1: 0.9})
