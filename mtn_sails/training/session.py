@@ -264,7 +264,8 @@ def _say_training(session: Session, data: SessionData, examples: int, packed: bo
             f"({len(kit.frozen)} tensors)")
 
 
-def protected_probes(stored: dict[int, list[Record]], history: list, base: BaseAnswers | None):
+def protected_probes(stored: dict[int, list[Record]], history: list[SessionRecord], base: BaseAnswers | None
+                     ) -> tuple[dict[int, list[Record]], dict[int, float | None]]:
     """The probes auto interpolation protects, by session number, and each one's recall right after its own
     session: every earlier session's and the base's (session 0, from session 1 on)."""
     probes = {number: records for number, records in stored.items() if number != BASE_SESSION}
