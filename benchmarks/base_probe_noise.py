@@ -9,11 +9,10 @@ least probability at which the perturbed base still gives nine in ten of the ans
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 
-from common import machine, write_json
+from common import machine, script_parser, write_json
 from tools.real_base import real_base_dir
 
 THRESHOLDS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
@@ -36,7 +35,7 @@ def perturbed(seed: int | None):
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = script_parser(__doc__)
     parser.add_argument("--json-out", default=None)
     args = parser.parse_args()
     from transformers import AutoModelForCausalLM, AutoTokenizer

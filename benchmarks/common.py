@@ -40,6 +40,16 @@ GPT2_SHAPES = {  # GPT2Config fields
 GENERATION_SHAPE = dict(**GPT2_SHAPES["distilgpt2"], vocab_size=50257, n_positions=N_POSITIONS)  # distilgpt2's
 
 
+def script_parser(doc: str, epilog: bool = False):
+    """A benchmark's argument parser: its docstring's first paragraph as the description (and with `epilog`, the
+    second, its commands, after the options), laid out as written."""
+    import argparse
+
+    paragraphs = doc.split("\n\n")
+    return argparse.ArgumentParser(description=paragraphs[0], epilog=paragraphs[1] if epilog else None,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 # ------------------------------------------------------------------------------------------- the machine
 
 

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 
-from common import GPT2_SHAPES, N_POSITIONS, REPO, load_average, machine, write_json
+from common import GPT2_SHAPES, N_POSITIONS, REPO, load_average, machine, script_parser, write_json
 
 SHAPES = {name: GPT2_SHAPES[name] for name in ("distilgpt2", "small")}
 VOCAB = 16000  # as train_speed's scratch tokenizer
@@ -116,7 +116,7 @@ def print_report(report: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = script_parser(__doc__)
     parser.add_argument("--model-shape", choices=sorted(SHAPES), default=None,
                         help="GPT-2 shape (default distilgpt2; --quick: small)")
     parser.add_argument("--seq", type=int, default=None, help="tokens per example (default 256; --quick 128)")

@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 
 
-from common import REPO, load_average, machine, peak_rss_bytes, write_json
+from common import REPO, load_average, machine, peak_rss_bytes, script_parser, write_json
 
 # name: (family, shape for tests/model_families.model_config, positions)
 SHAPES = {
@@ -242,8 +242,7 @@ def generation_speed(trained: str, onnx: str, new_tokens: int, rounds: int) -> d
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(__doc__)
     parser.add_argument("--quick", action="store_true", help="tiny shapes, few steps (keeps the script running)")
     parser.add_argument("--steps", type=int, default=6, help="optimizer steps per arm (the first is a warm-up)")
     parser.add_argument("--batch-size", type=int, default=4)

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
-from common import TEXT_FILE, machine, write_json
+from common import TEXT_FILE, machine, script_parser, write_json
 
 C4 = TEXT_FILE
 GENERAL_TEXT_DOCS = 30  # the last C4 documents: never trained on, the general-text perplexity
@@ -443,9 +443,7 @@ def markdown(result: dict, half: str = "test") -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the arms and print the test-half table."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     epilog=__doc__.split("\n\n", 1)[1].split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(__doc__, epilog=True)
     parser.add_argument("--facts", type=int, default=20,
                         help="facts per session, half tuning, half test (20: 2 replayed per epoch at 0.1)")
     parser.add_argument("--epochs", type=float, default=80.0, help="epochs of every fact session")

@@ -35,7 +35,7 @@ from typing import Callable
 
 import numpy as np
 
-from common import GENERATION_SHAPE as SHAPE, build_generation_model, load_average, machine, write_json
+from common import GENERATION_SHAPE as SHAPE, build_generation_model, load_average, machine, script_parser, write_json
 from mtn_sails.config import ExportConfig
 from mtn_sails.runtime.export import export, quiet_exporters
 from mtn_sails.runtime.generation import (ONNX_FILE, QUANTIZED_ONNX_FILE, OnnxDecoder, TorchDecoder, decode,
@@ -270,8 +270,7 @@ def markdown(report: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(__doc__)
     parser.add_argument("--quick", action="store_true",
                         help="16 new tokens, 2 rounds, the four main rows only (a smoke run)")
     parser.add_argument("--rounds", type=int, default=None, help="rounds of every candidate (default 10; --quick 2)")

@@ -16,14 +16,13 @@ and max |logit difference|, and greedy continuations of the held-out prompts com
 """
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from common import PAIRS_FILE, load_average, machine, quiet_session, write_json
+from common import PAIRS_FILE, load_average, machine, quiet_session, script_parser, write_json
 
 DATA_FILE = PAIRS_FILE
 NEAR_TIE = 1.0  # fp32 logit margin between its top-1 and top-2 under which a flip is a coin toss
@@ -151,8 +150,7 @@ def run(args) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(__doc__)
     parser.add_argument("--model", metavar="DIR", help="a trained model directory to export and compare "
                                                        "(default: train the scratch base here)")
     parser.add_argument("--epochs", type=float, default=None, help="training epochs (default 5; --quick 1)")

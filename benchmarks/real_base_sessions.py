@@ -11,7 +11,6 @@ general questions are ones the base answers right greedy (capitals, symbols, sim
 """
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import subprocess
@@ -20,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from common import REPO, machine, write_json
+from common import REPO, machine, script_parser, write_json
 from tools.real_base import chat_answer as ask, real_base_dir, real_base_gguf
 
 # Held out from the bundled general prompts of session 0 (a test checks it), so that what the base keeps here is
@@ -112,7 +111,7 @@ def run(seed: int, per_session: int, work: Path, sessions: int = 3, train_args: 
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = script_parser(__doc__)
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--facts", type=int, default=12, help="facts per session")
     parser.add_argument("--work", default=None, help="working directory (default: a temporary one)")

@@ -14,7 +14,6 @@ reported and the others still run; the exit status is then 1. Modules without a 
 """
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import os
@@ -25,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import REPO, write_json
+from common import REPO, script_parser, write_json
 
 HERE = REPO / "benchmarks"
 RESULTS = HERE / "results.json"
@@ -95,8 +94,7 @@ def run_one(name: str, quick: bool, limit_s: float | None, json_path: Path) -> t
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(__doc__)
     parser.add_argument("--quick", action="store_true", help="small forms of every benchmark (< 10 minutes)")
     parser.add_argument("--only", nargs="+", metavar="NAME", help="run only these benchmarks")
     parser.add_argument("--out", default=str(RESULTS), help=f"results file (default {RESULTS.relative_to(REPO)})")

@@ -14,7 +14,6 @@ Every run has the same seed, so the split, the tokenizer and the initial weights
 """
 from __future__ import annotations
 
-import argparse
 import datetime
 import shutil
 import tempfile
@@ -23,7 +22,7 @@ import warnings
 from pathlib import Path
 
 
-from common import REPO, machine, quiet_session, write_json
+from common import REPO, machine, quiet_session, script_parser, write_json
 from mtn_sails.config import TrainConfig
 
 RATES = (5e-5, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2)
@@ -91,9 +90,7 @@ def markdown(first_rows: list[dict], continue_rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the sweep and the continuations; print the tables."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     epilog=__doc__.split("\n\n", 1)[1].split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(__doc__, epilog=True)
     parser.add_argument("--data-file", default=str(REPO / "examples" / "programming_basics.json"),
                         help="session 1 data (default examples/programming_basics.json)")
     parser.add_argument("--second-file", default=str(REPO / "examples" / "web_development.json"),

@@ -35,7 +35,6 @@ Padding, evaluation, the probe, saving and start-up are all in the seconds and n
 """
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import os
@@ -49,7 +48,7 @@ import time
 from pathlib import Path
 
 from common import (GPT2_SHAPES as SHAPES, N_POSITIONS, PAIRS_FILE, REPO, interleaved_rounds, machine,
-                    matmul_peak_flops, non_embedding_params, peak_sizes, ratio_statistics, write_json)
+                    matmul_peak_flops, non_embedding_params, peak_sizes, ratio_statistics, script_parser, write_json)
 
 LEVERS = {"sails+fp32": ["--precision", "fp32"], "sails+bf16": ["--precision", "bf16"],
           "sails+padded": ["--pad-examples"]}
@@ -206,9 +205,7 @@ def run(args) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the rounds and print the medians."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     epilog=__doc__.split("\n\n", 1)[1].split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(__doc__, epilog=True)
     parser.add_argument("--records", type=int, default=48, help="the first N Alpaca demo records (999: all)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--arms", nargs="+", default=None, choices=["recipe", "sails", *LEVERS],

@@ -34,7 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import FIXTURES as REALDATA, REPO, load_average, machine, write_json
+from common import FIXTURES as REALDATA, REPO, load_average, machine, script_parser, write_json
 from gpt2_vocab import gpt2_tokenizer
 
 DEFAULT_SIZES = (100_000, 300_000, 1_000_000)
@@ -280,8 +280,7 @@ def print_report(report: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(__doc__)
     parser.add_argument("--records", type=int, nargs="+", default=list(DEFAULT_SIZES),
                         help="file sizes in records (default 100000 300000 1000000)")
     parser.add_argument("--quick", action="store_true", help="--records 10000 30000")

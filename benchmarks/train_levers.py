@@ -19,7 +19,6 @@ counted: benchmarks/training_arms.py; MFU as in train_speed.py.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import faulthandler
 import io
@@ -30,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from common import (load_average, machine, matmul_peak_flops, nominal_peak, peak_rss_bytes, peak_sizes,
-                    write_json)
+                    write_json, script_parser)
 from training_arms import (add_model_arguments, arm_report, build_setup, print_arms, print_model, run_lockstep,
                            sails_arm, settle_model_arguments, share_malloc_arena)
 
@@ -78,8 +77,7 @@ def run(args) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse, run, print, write the JSON."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(__doc__)
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps per arm (default 10, --quick 4)")
     parser.add_argument("--quick", action="store_true", help="small shape, 4 steps")
     add_model_arguments(parser)

@@ -11,7 +11,6 @@ steps at the median step time measured here.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import os
@@ -21,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import load_average, machine, write_json
+from common import load_average, machine, script_parser, write_json
 from training_arms import add_model_arguments, build_setup, run_lockstep, sails_arm, settle_model_arguments
 
 
@@ -67,8 +66,7 @@ def run(args) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse, run, print, write the JSON."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(__doc__)
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps before timing (default 28, --quick 4)")
     parser.add_argument("--quick", action="store_true", help="small shape, 4 steps")
     add_model_arguments(parser)

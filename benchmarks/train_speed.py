@@ -40,7 +40,6 @@ train_levers.py, the process start-up train_startup.py, thread counts cpu_thread
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import faulthandler
 import io
@@ -52,7 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from common import (load_average, machine, matmul_peak_flops, median_row, nominal_peak, peak_rss_bytes, peak_sizes,
-                    round_order, write_json)
+                    round_order, script_parser, write_json)
 from training_arms import (add_model_arguments, arm_report, build_setup, plain_arm, print_arms, print_model,
                            run_lockstep, sails_arm, settle_model_arguments, share_malloc_arena)
 
@@ -171,8 +170,7 @@ def print_report(report: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse, run, print, write the JSON."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(__doc__)
     parser.add_argument("--steps", type=int, default=None,
                         help="optimizer steps per pairs arm (default 28: one length-grouping mega-batch of 899 "
                              "records at batch 8; --quick 8)")

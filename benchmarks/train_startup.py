@@ -11,7 +11,6 @@ import tree, summed per top-level package (importtime's own bookkeeping slows im
 """
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import subprocess
@@ -20,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import REPO, load_average, machine, write_json
+from common import REPO, load_average, machine, script_parser, write_json
 
 TRAINING_LINE = "🚀 Training on"
 
@@ -86,8 +85,7 @@ def run() -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse, run, print, write the JSON."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(__doc__)
     parser.add_argument("--quick", action="store_true", help="the same run (it is already small); for run.py")
     parser.add_argument("--json-out", metavar="FILE", help="also write every number as JSON")
     args = parser.parse_args(argv)

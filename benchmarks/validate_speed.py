@@ -12,7 +12,6 @@ per second and peak resident memory (psutil polling, plus the kernel's ru_maxrss
 """
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import os
@@ -26,7 +25,7 @@ from pathlib import Path
 
 import psutil
 
-from common import REPO, cpu_model, peak_rss_bytes, write_json
+from common import REPO, cpu_model, peak_rss_bytes, script_parser, write_json
 
 GOAL_SECONDS = 60.0
 GOAL_RSS_MB = 1024.0
@@ -105,9 +104,7 @@ def run_validate(data_file: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     """Generate the data, time `validate`, print the figures; exit 1 when a goal is missed at full size."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     epilog=__doc__.split("\n\n", 1)[1].split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = script_parser(__doc__, epilog=True)
     parser.add_argument("--records", type=int, default=1_000_000, help="records to generate (default 1,000,000)")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the generated data")
     parser.add_argument("--json-out", help="also write the figures to this JSON file")

@@ -16,7 +16,6 @@ is the median round, the best beside it.
 """
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import statistics
@@ -28,7 +27,7 @@ import time
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from common import REPO, build_generation_model, load_average, machine, write_json
+from common import REPO, build_generation_model, load_average, machine, script_parser, write_json
 
 QUESTION = "the sails catch the wind and the boat moves over the sea while the crew trims the ropes"
 NODE_SCRIPT = REPO / "examples" / "node_generate.mjs"
@@ -147,7 +146,7 @@ def figures(name: str, seconds: list[float], new_tokens: int, python_seconds: li
 
 def main() -> None:
     """Measure and print; --json-out writes the report."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = script_parser(__doc__)
     parser.add_argument("--quick", action="store_true", help="the tests' tiny model, 16 tokens, 2 rounds")
     parser.add_argument("--rounds", type=int, default=None, help="timed rounds per runtime (default 5, quick 2)")
     parser.add_argument("--json-out", help="write the report here")
