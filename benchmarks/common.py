@@ -38,6 +38,18 @@ GPT2_SHAPES = {  # GPT2Config fields
     "tiny": dict(n_layer=2, n_embd=64, n_head=4),  # tests
 }
 GENERATION_SHAPE = dict(**GPT2_SHAPES["distilgpt2"], vocab_size=50257, n_positions=N_POSITIONS)  # distilgpt2's
+# General questions the real base answers right, greedy (the key word is in its reply), held out from session 0's
+# bundled prompts (a test checks it): what the base keeps in real_base_sessions.py is not what session 0 replays or
+# probes, and int8_forms.py reports on prompts its gate never saw.
+GENERAL = [("What is the capital of Greece?", "Athens"), ("What is the capital of Sweden?", "Stockholm"),
+           ("What is the capital of Norway?", "Oslo"), ("What is the capital of Poland?", "Warsaw"),
+           ("What is the capital of Ireland?", "Dublin"), ("What is the capital of Thailand?", "Bangkok"),
+           ("What is the capital of South Korea?", "Seoul"), ("What is the capital of Austria?", "Vienna"),
+           ("What is the capital of Cuba?", "Havana"), ("What is the chemical symbol for silver?", "Ag"),
+           ("What is the chemical symbol for potassium?", "K"), ("Who wrote Hamlet?", "Shakespeare"),
+           ("How many days are in a year?", "365"), ("What do bees collect from flowers?", "nectar"),
+           ("What language is spoken in Portugal?", "Portuguese"),
+           ("What is the currency of Europe's euro zone called?", "euro")]
 
 
 def script_parser(doc: str, epilog: bool = False):

@@ -19,20 +19,9 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from common import REPO, machine, script_parser, write_json
+from common import GENERAL, REPO, machine, script_parser, write_json
 from tools.real_base import chat_answer as ask, real_base_dir, real_base_gguf
 
-# Held out from the bundled general prompts of session 0 (a test checks it), so that what the base keeps here is
-# not what session 0 replays or probes; each one the base answers right, greedy (the key word is in its reply).
-GENERAL = [("What is the capital of Greece?", "Athens"), ("What is the capital of Sweden?", "Stockholm"),
-           ("What is the capital of Norway?", "Oslo"), ("What is the capital of Poland?", "Warsaw"),
-           ("What is the capital of Ireland?", "Dublin"), ("What is the capital of Thailand?", "Bangkok"),
-           ("What is the capital of South Korea?", "Seoul"), ("What is the capital of Austria?", "Vienna"),
-           ("What is the capital of Cuba?", "Havana"), ("What is the chemical symbol for silver?", "Ag"),
-           ("What is the chemical symbol for potassium?", "K"), ("Who wrote Hamlet?", "Shakespeare"),
-           ("How many days are in a year?", "365"), ("What do bees collect from flowers?", "nectar"),
-           ("What language is spoken in Portugal?", "Portuguese"),
-           ("What is the currency of Europe's euro zone called?", "euro")]
 SYLLABLES = ["mor", "vel", "zan", "tar", "kesh", "bre", "vik", "lun", "os", "trel", "fer", "quil", "dra", "sen",
              "pol", "ith", "gar", "nu", "wen", "cal", "bro", "ria", "tem", "hal"]
 ATTRIBUTES = [("vault code", lambda r: str(r.randint(1000, 9999))), ("founder", lambda r: name(r, 2) + " " + name(r, 3)),

@@ -157,6 +157,18 @@ def test_export_passes_parity_and_writes_int8(family_run):
     assert result.int8_agreement is not None and (family_run.onnx / "onnx" / "model_quantized.onnx").is_file()
 
 
+def test_each_family_graph_names_its_mlp_output_projection_for_int8_to_keep_in_fp32(family_run):
+    import onnx
+    from transformers import AutoConfig
+
+    from mtn_sails.runtime.quantize import MLP_OUTPUT_PROJECTIONS
+
+    graph = onnx.load(family_run.onnx / "onnx" / "model.onnx", load_external_data=False).graph
+    projections = [node for node in graph.node if any(part in node.name for part in MLP_OUTPUT_PROJECTIONS)
+                   and node.op_type in ("MatMul", "Gemm")]
+    assert len(projections) == AutoConfig.from_pretrained(family_run.trained).num_hidden_layers
+
+
 def test_onnxruntime_and_pytorch_generate_the_same_greedy_tokens(family_run):
     from mtn_sails.runtime.decoders import OnnxDecoder, TorchDecoder, load_torch_model
     from mtn_sails.model_dir.model_files import load_tokenizer

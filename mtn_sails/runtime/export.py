@@ -1,4 +1,4 @@
-"""ONNX export with optimum, a parity check against PyTorch, optional int8 quantisation.
+"""ONNX export with optimum, a parity check against PyTorch, optional int8 quantisation (quantize.py).
 
 The export is built in a hidden staging directory beside --onnx-output, checked there, and only then
 swapped in whole (store.replace_directory): a failed export or parity check leaves the previous
@@ -26,6 +26,7 @@ from ..model_dir.history_file import FORGETTING_FILE, LOSS_CURVE_FILE
 from .decoders import OnnxDecoder, TorchDecoder, load_torch_model
 from ..model_dir.model_files import context_length, first_line, load_tokenizer, read_json
 from .onnx_session import ONNX_FILE, ONNX_SUBDIR, QUANTIZED_ONNX_FILE, onnx_session
+from .quantize import AGREEMENT_PROMPTS, AGREEMENT_STEPS, Int8Report, build_int8
 from ..data.template import TEMPLATE_FILE, template_beside
 
 TASK = "text-generation-with-past"  # one decoder graph with KV-cache inputs (past length 0 on the first step)
@@ -56,8 +57,6 @@ class ParityReport:
     tolerance: float
     prompts: int
     positions: int  # logit rows compared: every prompt position, then each cached step
-    int8_agreement: float | None = None  # top-1 next-token agreement of int8 with fp32 (not enforced)
-    int8_positions: int = 0
 
     def passed(self) -> bool:
         """True when the largest logit difference is within the tolerance."""
@@ -78,6 +77,7 @@ class ExportResult:
     files: dict[str, int] = field(default_factory=dict)  # path under onnx_dir ("onnx/model.onnx") -> bytes
     parity: ParityReport | None = None
     seconds: float = 0.0
+    int8: Int8Report | None = None  # with --quantize
 
     @property
     def max_abs_diff(self) -> float | None:
@@ -87,7 +87,7 @@ class ExportResult:
     @property
     def int8_agreement(self) -> float | None:
         """Top-1 agreement of the int8 model with fp32, or None without --quantize."""
-        return None if self.parity is None else self.parity.int8_agreement
+        return None if self.int8 is None else self.int8.agreement
 
 
 def megabytes(size: int) -> str:
@@ -172,69 +172,34 @@ def carry_files(model_dir: Path, target: Path) -> list[str]:
     return copied
 
 
-def quantize_int8(onnx_dir: Path) -> Path:
-    """Write model_quantized.onnx: int8 weights, dynamic int8 activations (onnxruntime.quantization)."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    source = onnx_dir / ONNX_FILE
-    prepared = source.parent / ".model_prepared.onnx"
-    target = onnx_dir / QUANTIZED_ONNX_FILE
-    external = source.with_name(source.name + "_data").exists()  # models over 2 GB keep weights beside the graph
-    try:
-        with quiet_exporters():
-            # Pre-processing folds the Transpose that optimum puts between the tied embedding and
-            # lm_head into a constant; without it the quantised embedding is dequantised whole on
-            # every step and the int8 model decodes slower than fp32 (BENCHMARKS.md).
-            quant_pre_process(source, prepared, skip_symbolic_shape=True, save_as_external_data=external,
-                              all_tensors_to_one_file=True)
-            # Per-channel weights keep top-1 agreement with fp32 better than per-tensor (int8_agreement benchmark).
-            quantize_dynamic(prepared, target, weight_type=QuantType.QInt8, per_channel=True,
-                             use_external_data_format=external)
-    finally:
-        prepared.unlink(missing_ok=True)
-        for leftover in source.parent.glob(".model_prepared.onnx*"):
-            leftover.unlink()
-    return target
-
-
 def check_parity(model_dir: str | Path, onnx_dir: str | Path, prompts: Sequence[str] = PARITY_PROMPTS,
                  tolerance: float = PARITY_TOLERANCE) -> ParityReport:
     """Compare ONNX and PyTorch logits on templated prompts; raises ParityError past `tolerance`.
 
     Each prompt runs once without a cache (the whole prompt) and then PARITY_STEPS single-token steps
-    that feed the KV cache back, so both halves of the exported graph are checked. When the int8
-    model is there, its top-1 next token is compared with fp32's at the same positions (reported).
+    that feed the KV cache back, so both halves of the exported graph are checked.
     """
     model_dir, onnx_dir = Path(model_dir), Path(onnx_dir)
     tokenizer = load_tokenizer(model_dir, "--output-dir")
     template = template_beside(model_dir)
     torch_decoder = TorchDecoder(load_torch_model(model_dir))
     onnx_decoder = OnnxDecoder(onnx_session(onnx_dir / ONNX_FILE))
-    quantized = onnx_dir / QUANTIZED_ONNX_FILE
-    int8_decoder = OnnxDecoder(onnx_session(quantized)) if quantized.is_file() else None
     limit = context_length(model_dir) - PARITY_STEPS
-    max_diff, positions, agree, compared = 0.0, 0, 0, 0
+    max_diff, positions = 0.0, 0
     for prompt in prompts:
         ids = tokenizer.encode(template.prompt(prompt))[:limit]
         step_input = np.array([ids], dtype=np.int64)
-        for decoder in (torch_decoder, onnx_decoder, int8_decoder):
-            if decoder is not None:
-                decoder.reset()
+        torch_decoder.reset()
+        onnx_decoder.reset()
         for _ in range(PARITY_STEPS + 1):
             expected = torch_decoder.forward(step_input)
             actual = onnx_decoder.forward(step_input)
             diff = float(np.max(np.abs(expected - actual)))
             max_diff = max(max_diff, diff) if np.isfinite(diff) else float("inf")  # NaN must fail, not vanish
             positions += expected.shape[1]
-            if int8_decoder is not None:
-                int8 = int8_decoder.forward(step_input)
-                agree += int(np.argmax(int8[0, -1]) == np.argmax(actual[0, -1]))
-                compared += 1
             # Both models are fed PyTorch's greedy choice, so a near-tie cannot make them diverge.
             step_input = np.array([[int(np.argmax(expected[0, -1]))]], dtype=np.int64)
-    report = ParityReport(max_diff, tolerance, len(prompts), positions,
-                          agree / compared if compared else None, compared)
+    report = ParityReport(max_diff, tolerance, len(prompts), positions)
     if not report.passed():
         raise ParityError(f"ONNX parity check failed: {report.summary()}")
     return report
@@ -251,16 +216,21 @@ def _check_trained_model(model_dir: Path, option_value: str) -> None:
     check_weights_readable(model_dir)
 
 
-def build_export(model_dir: Path, staging: Path, quantize: bool, tolerance: float) -> ParityReport:
-    """The ONNX export of `model_dir` written into `staging` (graph, tokenizer, template, int8 if asked), checked
-    for parity; returns the parity report."""
+def build_export(model_dir: Path, staging: Path, quantize: bool,
+                 tolerance: float) -> tuple[ParityReport, Int8Report | None]:
+    """The ONNX export of `model_dir` written into `staging` (graph, tokenizer, template, int8 if asked and it
+    agrees with fp32), checked for parity; returns the parity and int8 reports."""
     export_onnx(model_dir, staging)
     carry_files(model_dir, staging)
-    align_generation_config(staging, load_tokenizer(staging, "--output-dir").eos_token_id)
-    if quantize:
-        say("🔢 Quantising to int8...")
-        quantize_int8(staging)
-    return check_parity(model_dir, staging, tolerance=tolerance)
+    tokenizer = load_tokenizer(staging, "--output-dir")
+    align_generation_config(staging, tokenizer.eos_token_id)
+    parity = check_parity(model_dir, staging, tolerance=tolerance)
+    if not quantize:
+        return parity, None
+    say("🔢 Quantising to int8...")
+    template, limit = template_beside(model_dir), context_length(model_dir) - AGREEMENT_STEPS
+    prompts = [tokenizer.encode(template.prompt(prompt))[:limit] for prompt in AGREEMENT_PROMPTS]
+    return parity, build_int8(staging, prompts)
 
 
 def export(config: ExportConfig, tolerance: float = PARITY_TOLERANCE) -> ExportResult:
@@ -272,7 +242,9 @@ def export(config: ExportConfig, tolerance: float = PARITY_TOLERANCE) -> ExportR
     if not model_dir.exists() and not store.sibling(model_dir, "old").exists():
         _check_trained_model(model_dir, config.output_dir)  # raises before anything is written
     weights = disk.weight_bytes(model_dir)
-    needed = weights * (5 if config.quantize else 4) // 4 + disk.MARGIN  # fp32 ONNX holds the weights; int8 a quarter
+    # fp32 ONNX holds the weights; --quantize adds the pre-processed copy it starts from and an int8 model of up to
+    # a half (a quarter, plus the MLP output projections when they stay fp32)
+    needed = weights * (10 if config.quantize else 4) // 4 + disk.MARGIN
     writes = disk.Writes(onnx_dir, (store.sibling(onnx_dir, "staging"),), needed, weights)
     # The trained model is locked too: no training session may swap it while it is being read.
     with writes.translated(), store.locked(model_dir), store.locked(onnx_dir):
@@ -285,7 +257,7 @@ def export(config: ExportConfig, tolerance: float = PARITY_TOLERANCE) -> ExportR
         say(f"📦 Exporting {config.output_dir} to ONNX...")
         staging = store.fresh_staging(onnx_dir)
         try:
-            report = build_export(model_dir, staging, config.quantize, tolerance)
+            report, int8 = build_export(model_dir, staging, config.quantize, tolerance)
             store.replace_directory(staging, onnx_dir)
         except ParityError as error:
             shutil.rmtree(staging, ignore_errors=True)
@@ -301,11 +273,10 @@ def export(config: ExportConfig, tolerance: float = PARITY_TOLERANCE) -> ExportR
             raise
     files = {path.relative_to(onnx_dir).as_posix(): path.stat().st_size
              for path in sorted(onnx_dir.rglob("*")) if path.is_file()}
-    result = ExportResult(onnx_dir, files, report, time.perf_counter() - started)
+    result = ExportResult(onnx_dir, files, report, time.perf_counter() - started, int8)
     say(f"🔍 Parity: {report.summary()}")
-    if report.int8_agreement is not None:
-        say(f"🔢 int8: top-1 next token agrees with fp32 at {report.int8_agreement:.0%} of "
-            f"{report.int8_positions} positions ({megabytes(files[QUANTIZED_ONNX_FILE])} vs "
-            f"{megabytes(files[ONNX_FILE])})")
+    if int8 is not None:
+        int8_bytes = files.get(QUANTIZED_ONNX_FILE, 0)
+        say(int8.summary(f"{megabytes(int8_bytes)} vs {megabytes(files[ONNX_FILE])}"))
     say(f"✅ ONNX model ready at {config.onnx_output} ({megabytes(files[ONNX_FILE])}, {result.seconds:.1f} s)")
     return result

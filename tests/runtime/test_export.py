@@ -13,6 +13,7 @@ from mtn_sails.config import ExportConfig
 from mtn_sails.errors import EXIT_PARITY, EXIT_UNUSABLE_INPUT, InputError, ParityError
 from mtn_sails.runtime.export import (PARITY_PROMPTS, PARITY_STEPS, PARITY_TOLERANCE, check_parity, export)
 from mtn_sails.runtime.onnx_session import ONNX_FILE, QUANTIZED_ONNX_FILE
+from mtn_sails.runtime.quantize import AGREEMENT_PROMPTS, AGREEMENT_STEPS
 from mtn_sails.data.template import TEMPLATE_FILE
 
 pytestmark = pytest.mark.slow
@@ -111,7 +112,7 @@ def test_quantize_writes_an_int8_model_and_reports_agreement(exported):
     graph = onnx.load(quantized).graph
     assert any(init.data_type == onnx.TensorProto.INT8 for init in graph.initializer)
     assert result.int8_agreement is not None and 0.0 <= result.int8_agreement <= 1.0
-    assert result.parity.int8_positions == len(PARITY_PROMPTS) * (PARITY_STEPS + 1)
+    assert result.int8.shipped and result.int8.positions == len(AGREEMENT_PROMPTS) * AGREEMENT_STEPS
     assert not list(onnx_dir.glob(".model_prepared*"))
 
 

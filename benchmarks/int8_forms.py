@@ -1,0 +1,98 @@
+"""int8 forms on the real base: which layers int8 may round and still pick fp32's next tokens, at what speed.
+
+    make real-base && python benchmarks/int8_forms.py --json-out benchmarks/results/int8_forms.json
+    python benchmarks/int8_forms.py --model DIR       # a model you trained (mtn-sails train)
+
+The exporter's int8 gate (mtn_sails/runtime/quantize.py) measures greedy top-1 agreement on its own eight
+prompts; this script reports each form on other prompts (the held-out general questions of
+real_base_sessions.py, never used to choose the gate's threshold or its forms) beside the gate's, with decode
+tokens/s of the `generate` decoder (batch 1, a chat-templated prompt, --new-tokens greedy steps, median of
+interleaved rounds) and the file size. Forms: the whole graph int8, and the graph with the MLP output
+projections kept in fp32 (the exporter's fallback).
+"""
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from common import GENERAL, arm_statistics, interleaved_rounds, machine, script_parser, write_json
+from tools.real_base import real_base_dir
+
+FORMS = {"int8 whole graph": (), "int8, MLP output projections fp32": None}  # None: MLP_OUTPUT_PROJECTIONS
+
+
+def decode_speed(decoder, prompt: list[int], new_tokens: int) -> dict:
+    """Tokens/s of `new_tokens` greedy steps after `prompt` (prompt time apart)."""
+    decoder.reset()
+    started = time.perf_counter()
+    logits = decoder.forward(np.array([prompt], dtype=np.int64))
+    prompt_s = time.perf_counter() - started
+    started = time.perf_counter()
+    for _ in range(new_tokens):
+        logits = decoder.forward(np.array([[int(logits[0, -1].argmax())]], dtype=np.int64))
+    return {"prompt_s": prompt_s, "tokens_per_s": new_tokens / (time.perf_counter() - started)}
+
+
+def run(args) -> dict:
+    """Export fp32, quantise each form, measure agreement and speed; the report as a dict."""
+    from mtn_sails.config import ExportConfig
+    from mtn_sails.data.template import template_beside
+    from mtn_sails.model_dir.model_files import load_tokenizer
+    from mtn_sails.runtime.decoders import OnnxDecoder
+    from mtn_sails.runtime.export import export, quiet_exporters
+    from mtn_sails.runtime.onnx_session import ONNX_FILE, onnx_session
+    from mtn_sails.runtime.quantize import (AGREEMENT_PROMPTS, MLP_OUTPUT_PROJECTIONS, greedy_agreement,
+                                            quantize_int8)
+
+    model_dir = Path(args.model) if args.model else real_base_dir()
+    tokenizer, template = load_tokenizer(model_dir, "--model"), template_beside(model_dir)
+    encode = lambda texts: [tokenizer.encode(template.prompt(text)) for text in texts]  # noqa: E731
+    gate, held_out = encode(AGREEMENT_PROMPTS), encode([question for question, _ in GENERAL])
+    report: dict = {"machine": machine("torch", "onnxruntime"), "model": str(model_dir) if args.model else
+                    "SmolLM2-135M-Instruct (real base)", "settings": {"new_tokens": args.new_tokens,
+                                                                      "rounds": args.rounds}, "forms": {}}
+    with tempfile.TemporaryDirectory(prefix="int8_forms_") as tmp:
+        onnx_dir = Path(tmp) / "onnx_model"
+        with quiet_exporters():
+            export(ExportConfig(output_dir=str(model_dir), onnx_output=str(onnx_dir)))
+        decoders = {"fp32": OnnxDecoder(onnx_session(onnx_dir / ONNX_FILE))}
+        for name, keep in FORMS.items():
+            path = quantize_int8(onnx_dir, MLP_OUTPUT_PROJECTIONS if keep is None else keep)
+            kept = path.with_name(f"{len(decoders)}.onnx")
+            path.rename(kept)
+            decoders[name] = OnnxDecoder(onnx_session(kept))
+            gate_share, gate_positions = greedy_agreement(decoders["fp32"], decoders[name], gate)
+            held_share, held_positions = greedy_agreement(decoders["fp32"], decoders[name], held_out)
+            report["forms"][name] = {"mb": round(kept.stat().st_size / 1e6, 1),
+                                     "gate_agreement": round(gate_share, 3), "gate_positions": gate_positions,
+                                     "held_out_agreement": round(held_share, 3), "held_out_positions": held_positions}
+            print(f"[int8_forms] {name}: {report['forms'][name]}", flush=True)
+        report["forms"]["fp32"] = {"mb": round((onnx_dir / ONNX_FILE).stat().st_size / 1e6, 1)}
+        arms = {name: (lambda d=decoder: decode_speed(d, gate[0], args.new_tokens)) for name, decoder in decoders.items()}
+        rounds = interleaved_rounds(arms, args.rounds)
+    speeds = {name: arm_statistics([r[name]["tokens_per_s"] for r in rounds], digits=1) for name in decoders}
+    for name, speed in speeds.items():
+        report["forms"][name].update(decode_tokens_per_s=speed,
+                                     vs_fp32=round(speed["median"] / speeds["fp32"]["median"], 2))
+    return report
+
+
+def main() -> int:
+    parser = script_parser(__doc__)
+    parser.add_argument("--model", default=None, help="a trained model directory (default: the real base)")
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--json-out", default=None)
+    args = parser.parse_args()
+    report = run(args)
+    for name, form in report["forms"].items():
+        print(f"{name:36s} {form}")
+    write_json(args.json_out, report)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

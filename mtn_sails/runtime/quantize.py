@@ -1,0 +1,121 @@
+"""The int8 model of `export --quantize`: onnxruntime's dynamic quantisation, shipped only when its greedy
+choices are fp32's.
+
+Per-tensor dynamic int8 rounds each activation to a step set by the tensor's largest value. The input of a
+transformer MLP's output projection (after the gate or GELU) carries a few outliers far above the rest, so on a
+pretrained base (SmolLM2-135M) quantising it changes one greedy token in four; the same graph with those
+projections kept in fp32 agrees at about nine in ten (BENCHMARKS.md, "int8 on the real base"). So the export
+tries the whole graph first, then the graph without the MLP output projections, and writes no int8 model at
+all when neither reaches MIN_INT8_AGREEMENT: a faster model that says something else is not what was trained.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .decoders import OnnxDecoder
+from .onnx_session import ONNX_FILE, QUANTIZED_ONNX_FILE, onnx_session
+
+MIN_INT8_AGREEMENT = 0.9  # share of greedy steps where int8's top token is fp32's
+AGREEMENT_PROMPTS = (
+    "What is a variable?",
+    "Explain in two sentences how a loop works.",
+    "Write one line about the sea, the wind and the sails.",
+    "What is the capital of France?",
+    "Give three tips for staying healthy.",
+    "Translate 'good morning' into Spanish.",
+    "Write a Python function that adds two numbers.",
+    "Why is the sky blue?",
+)
+AGREEMENT_STEPS = 16  # greedy steps after each prompt: 128 positions in all
+# The MLP output projection's name in each family's exported graph: Llama/Qwen2, GPT-2, GPT-NeoX (Pythia).
+MLP_OUTPUT_PROJECTIONS = ("/mlp/down_proj/", "/mlp/c_proj/", "/mlp/dense_4h_to_h/")
+
+
+@dataclass(frozen=True)
+class Int8Report:
+    """How the int8 model was built and how often it picks fp32's next token."""
+
+    agreement: float  # of the last form tried
+    positions: int
+    mlp_output_fp32: bool  # the MLP output projections were kept in fp32
+    shipped: bool  # model_quantized.onnx was written
+    min_agreement: float = MIN_INT8_AGREEMENT
+
+    def summary(self, sizes: str) -> str:
+        """One line for the terminal; `sizes` compares the int8 and fp32 files."""
+        measured = f"{self.agreement:.0%} of {self.positions} greedy positions"
+        if not self.shipped:
+            return (f"⚠️  int8 not written: its top-1 next token agrees with fp32 at only {measured} (under "
+                    f"{self.min_agreement:.0%}, MLP output projections in fp32 too); generate and the web page use fp32")
+        form = ", MLP output projections kept in fp32" if self.mlp_output_fp32 else ""
+        return f"🔢 int8: top-1 next token agrees with fp32 at {measured}{form} ({sizes})"
+
+
+def quantize_int8(onnx_dir: Path, keep_fp32: Sequence[str] = ()) -> Path:
+    """Write model_quantized.onnx: int8 weights, dynamic int8 activations, nodes whose names contain one of
+    `keep_fp32` left in fp32."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from .export import quiet_exporters
+
+    source = onnx_dir / ONNX_FILE
+    prepared = source.parent / ".model_prepared.onnx"
+    target = onnx_dir / QUANTIZED_ONNX_FILE
+    external = source.with_name(source.name + "_data").exists()  # models over 2 GB keep weights beside the graph
+    try:
+        with quiet_exporters():
+            # Pre-processing folds the Transpose that optimum puts between the tied embedding and
+            # lm_head into a constant; without it the quantised embedding is dequantised whole on
+            # every step and the int8 model decodes slower than fp32 (BENCHMARKS.md).
+            quant_pre_process(source, prepared, skip_symbolic_shape=True, save_as_external_data=external,
+                              all_tensors_to_one_file=True)
+            graph = onnx.load(str(prepared), load_external_data=False).graph
+            named = [node.name for node in graph.node if any(part in node.name for part in keep_fp32)]
+            # quantize_dynamic first rewrites each Gemm (GPT-2's projections) as NAME_MatMul + Add, and only then
+            # looks the nodes up in nodes_to_exclude.
+            excluded = named + [name + "_MatMul" for name in named]
+            # Per-channel weights keep top-1 agreement with fp32 better than per-tensor (int8_agreement benchmark).
+            quantize_dynamic(prepared, target, weight_type=QuantType.QInt8, per_channel=True,
+                             nodes_to_exclude=excluded, use_external_data_format=external)
+    finally:
+        for leftover in source.parent.glob(".model_prepared.onnx*"):
+            leftover.unlink()
+    return target
+
+
+def greedy_agreement(reference: OnnxDecoder, candidate: OnnxDecoder, prompts: Sequence[Sequence[int]],
+                     steps: int = AGREEMENT_STEPS) -> tuple[float, int]:
+    """(share of positions where `candidate`'s top token is `reference`'s, positions): the last prompt position
+    and `steps - 1` greedy steps after it, both fed the reference's choice so one tie cannot derail the rest."""
+    agree = positions = 0
+    for ids in prompts:
+        reference.reset()
+        candidate.reset()
+        step_input = np.array([list(ids)], dtype=np.int64)
+        for _ in range(steps):
+            expected = int(np.argmax(reference.forward(step_input)[0, -1]))
+            agree += int(np.argmax(candidate.forward(step_input)[0, -1]) == expected)
+            positions += 1
+            step_input = np.array([[expected]], dtype=np.int64)
+    return (agree / positions if positions else 0.0), positions
+
+
+def build_int8(onnx_dir: Path, prompts: Sequence[Sequence[int]],
+               min_agreement: float = MIN_INT8_AGREEMENT) -> Int8Report:
+    """The int8 model of the export in `onnx_dir`, in the first form whose agreement with fp32 on `prompts`
+    (token ids) reaches `min_agreement`; none is left when neither does."""
+    fp32 = OnnxDecoder(onnx_session(onnx_dir / ONNX_FILE))
+    agreement, positions = 0.0, 0
+    for keep_fp32 in ((), MLP_OUTPUT_PROJECTIONS):
+        quantized = quantize_int8(onnx_dir, keep_fp32)
+        agreement, positions = greedy_agreement(fp32, OnnxDecoder(onnx_session(quantized)), prompts)
+        if agreement >= min_agreement:
+            return Int8Report(agreement, positions, bool(keep_fp32), True, min_agreement)
+    (onnx_dir / QUANTIZED_ONNX_FILE).unlink()
+    return Int8Report(agreement, positions, True, False, min_agreement)
