@@ -37,7 +37,8 @@ import numpy as np
 
 from common import GENERATION_SHAPE as SHAPE, build_generation_model, load_average, machine, script_parser, write_json
 from mtn_sails.config import ExportConfig
-from mtn_sails.runtime.export import export, quiet_exporters
+from mtn_sails.runtime.export import export
+from mtn_sails.runtime.onnx_session import quiet_exporters
 from mtn_sails.runtime.generation import (ONNX_FILE, QUANTIZED_ONNX_FILE, OnnxDecoder, TorchDecoder, decode,
                                           load_torch_model, onnx_session, physical_cores)
 

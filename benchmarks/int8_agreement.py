@@ -100,7 +100,8 @@ def run(args) -> dict:
     from mtn_sails.model_dir import store
     from mtn_sails.config import ExportConfig
     from mtn_sails.runtime.decoders import OnnxDecoder
-    from mtn_sails.runtime.export import export, quiet_exporters
+    from mtn_sails.runtime.export import export
+    from mtn_sails.runtime.onnx_session import quiet_exporters
     from mtn_sails.runtime.onnx_session import model_file, onnx_session
     from mtn_sails.data.template import PromptTemplate
     from mtn_sails.training.scoring import IGNORE_INDEX

@@ -42,7 +42,8 @@ def run(args) -> dict:
     from mtn_sails.data.template import template_beside
     from mtn_sails.model_dir.model_files import load_tokenizer
     from mtn_sails.runtime.decoders import OnnxDecoder
-    from mtn_sails.runtime.export import export, quiet_exporters
+    from mtn_sails.runtime.export import export
+    from mtn_sails.runtime.onnx_session import quiet_exporters
     from mtn_sails.runtime.onnx_session import ONNX_FILE, onnx_session
     from mtn_sails.runtime.quantize import (AGREEMENT_PROMPTS, MLP_OUTPUT_PROJECTIONS, greedy_agreement,
                                             quantize_int8)

@@ -6,14 +6,11 @@ ONNX model exactly as it was.
 """
 from __future__ import annotations
 
-import logging
 import shutil
 import time
-import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -25,7 +22,7 @@ from ..errors import InputError, ParityError
 from ..model_dir.history_file import FORGETTING_FILE, LOSS_CURVE_FILE
 from .decoders import OnnxDecoder, TorchDecoder, load_torch_model
 from ..model_dir.model_files import context_length, first_line, load_tokenizer, read_json
-from .onnx_session import ONNX_FILE, ONNX_SUBDIR, QUANTIZED_ONNX_FILE, onnx_session
+from .onnx_session import ONNX_FILE, ONNX_SUBDIR, QUANTIZED_ONNX_FILE, onnx_session, quiet_exporters
 from .quantize import AGREEMENT_PROMPTS, AGREEMENT_STEPS, Int8Report, build_int8
 from ..data.template import TEMPLATE_FILE, template_beside
 
@@ -93,31 +90,6 @@ class ExportResult:
 def megabytes(size: int) -> str:
     """A file size the way the terminal shows it."""
     return f"{size / 1e6:.1f} MB"
-
-
-@contextmanager
-def quiet_exporters() -> Iterator[None]:
-    """Silence the tracer warnings and exporter logging that would bury the few lines users need."""
-    import onnxruntime as ort
-    from transformers.utils import logging as hf_logging
-
-    loggers = [logging.getLogger(name) for name in ("optimum", "onnxruntime", "torch.onnx")]
-    loggers.append(logging.getLogger())  # onnxruntime.quantization logs to the root logger
-    levels = [logger.level for logger in loggers]
-    verbosity = hf_logging.get_verbosity()
-    try:
-        hf_logging.set_verbosity_error()
-        ort.set_default_logger_severity(3)
-        for logger in loggers:
-            logger.setLevel(logging.ERROR)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # TracerWarning, opset notes, deprecations
-            yield
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        ort.set_default_logger_severity(2)
-        for logger, level in zip(loggers, levels):
-            logger.setLevel(level)
 
 
 def export_onnx(model_dir: Path, target: Path) -> None:

@@ -7,8 +7,12 @@ kept them at the root, and `model_file` still finds them there.
 """
 from __future__ import annotations
 
+import logging
 import os
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 ONNX_SUBDIR = "onnx"
 ONNX_FILE = f"{ONNX_SUBDIR}/model.onnx"  # the fp32 model with KV cache (optimum's and transformers.js' name)
@@ -42,3 +46,28 @@ def onnx_session(model_path: str | Path, threads: int | None = None):
     options.intra_op_num_threads = threads or physical_cores()
     options.log_severity_level = 3  # errors only: ORT's graph-optimiser notes are not for users
     return ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+
+
+@contextmanager
+def quiet_exporters() -> Iterator[None]:
+    """Silence the tracer warnings and exporter logging that would bury the few lines users need."""
+    import onnxruntime as ort
+    from transformers.utils import logging as hf_logging
+
+    loggers = [logging.getLogger(name) for name in ("optimum", "onnxruntime", "torch.onnx")]
+    loggers.append(logging.getLogger())  # onnxruntime.quantization logs to the root logger
+    levels = [logger.level for logger in loggers]
+    verbosity = hf_logging.get_verbosity()
+    try:
+        hf_logging.set_verbosity_error()
+        ort.set_default_logger_severity(3)
+        for logger in loggers:
+            logger.setLevel(logging.ERROR)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TracerWarning, opset notes, deprecations
+            yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        ort.set_default_logger_severity(2)
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)

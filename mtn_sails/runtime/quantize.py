@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from .decoders import OnnxDecoder
-from .onnx_session import ONNX_FILE, QUANTIZED_ONNX_FILE, onnx_session
+from .onnx_session import ONNX_FILE, QUANTIZED_ONNX_FILE, onnx_session, quiet_exporters
 
 MIN_INT8_AGREEMENT = 0.9  # share of greedy steps where int8's top token is fp32's
 AGREEMENT_PROMPTS = (
@@ -62,7 +62,6 @@ def quantize_int8(onnx_dir: Path, keep_fp32: Sequence[str] = ()) -> Path:
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from .export import quiet_exporters
 
     source = onnx_dir / ONNX_FILE
     prepared = source.parent / ".model_prepared.onnx"
