@@ -125,8 +125,10 @@ class TrainConfig:
     interpolate: str = option("after training, move the weights back towards the start: off, auto (the weight "
                               "that keeps most earlier answers without losing the new ones, from probe recall), "
                               "or a weight in (0, 1] (WiSE-FT: start + weight x change)", default="off")
-    lr_schedule: str = option("learning-rate schedule after the warm-up (transformers' scheduler names)",
-                              default="linear", choices=LR_SCHEDULES)
+    lr_schedule: str | None = option("learning-rate schedule after the warm-up (transformers' scheduler names); "
+                                     "unset: linear decay with --epochs, constant when --epochs is left out (a "
+                                     "session that trains until recalled has no planned end to decay towards)",
+                                     choices=LR_SCHEDULES)
     warmup_ratio: float = option("share of the steps spent re-warming the learning rate from 0", default=0.0)
     base_prompts: int = option("a first session from a pretrained base first asks it up to this many bundled general "
                                "prompts; the answers it ends are session 0, the base: half a probe checked after every "

@@ -96,6 +96,7 @@ class SessionRecord(_JsonRecord):
     resumed_from_checkpoint: str | None = None
     base_model: str | None = None
     learning_rate: float | None = None
+    lr_schedule: str | None = None  # after any warm-up: linear with --epochs, constant until recalled
     epochs: float | None = None
     batch_size: int | None = None
     max_length: int | None = None

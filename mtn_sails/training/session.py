@@ -27,7 +27,7 @@ from .forgetting import Measurements, measure_session
 from .plan import TrainingPlan, plan_training
 from .report import report_session, say_if_trained_before
 from .start_model import StartModel, load_session_model, load_start_model
-from .stopping import EpochPlan, epoch_plan, stop_message
+from .stopping import EpochPlan, epoch_plan, lr_schedule, stop_message
 from .work_dir import (checkpoint_interval, discard_unresumable_work, reset_work_dir, resume_state, resumed_plan,
                        save_plan, work_dir)
 
@@ -234,7 +234,7 @@ def train_session(session: Session, data: SessionData, start: StartModel):
                              0 if on_clock else checkpoint_interval(config.save_steps, epochs.epochs, steps),
                              checkpoint_every_s=60 * config.checkpoint_minutes if on_clock else 0.0,
                              device=config.device,
-                             precision=config.precision, lr_schedule=config.lr_schedule,
+                             precision=config.precision, lr_schedule=lr_schedule(epochs, config.lr_schedule),
                              warmup_ratio=config.warmup_ratio, share_rows=not config.pad_examples)
     trainer, outcome = run_training(start.model, start.tokenizer, tokens, settings, resume_from=session.checkpoint,
                                     retention=kit.training, callbacks=[stop] if stop else [])
@@ -340,7 +340,8 @@ def session_record(session: Session, data: SessionData, start: StartModel, outco
         start=str(config.output_dir) if plan.continues else plan.source,
         start_kind="resumed" if checkpoint else ("continued" if plan.continues else "base"),
         resumed_from_checkpoint=Path(checkpoint).name if checkpoint else None, base_model=plan.base_model,
-        learning_rate=plan.learning_rate, epochs=outcome.epochs, batch_size=config.batch_size,
+        learning_rate=plan.learning_rate, lr_schedule=outcome.lr_schedule, epochs=outcome.epochs,
+        batch_size=config.batch_size,
         max_length=start.max_length, steps=outcome.steps, train_loss=outcome.train_loss,
         eval_loss=outcome.eval_loss, eval_perplexity=outcome.eval_perplexity(),
         held_out_loss=measured.held_out_loss, held_out_perplexity=perplexity(measured.held_out_loss),

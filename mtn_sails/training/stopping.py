@@ -13,6 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 DEFAULT_EPOCHS = 3.0  # the guide's examples, for data with nothing to recall (plain text)
+# A session that trains until recalled stops when its answers are learned, usually long before --max-epochs; a
+# schedule decaying to zero at the cap would teach its last epochs at a fraction of the guide's rate. On the
+# real base (tuning seed 11) a 1e-5 session reached its recall under constant and hit the cap under linear decay.
+UNTIL_RECALLED_SCHEDULE = "constant"
+FIXED_EPOCHS_SCHEDULE = "linear"
 
 
 @dataclass(frozen=True)
@@ -31,6 +36,14 @@ def epoch_plan(epochs: float | None, max_epochs: float, recall_target: float, ha
     if has_probe:
         return EpochPlan(max_epochs, recall_target)
     return EpochPlan(min(DEFAULT_EPOCHS, max_epochs))
+
+
+def lr_schedule(plan: EpochPlan, chosen: str | None) -> str:
+    """--lr-schedule when given; else constant for a session that trains until recalled, linear for a fixed
+    count."""
+    if chosen is not None:
+        return chosen
+    return UNTIL_RECALLED_SCHEDULE if plan.recall_target is not None else FIXED_EPOCHS_SCHEDULE
 
 
 def stop_message(plan: EpochPlan, recalls: list[float], epochs_run: float | None) -> str | None:

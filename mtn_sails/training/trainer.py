@@ -74,6 +74,7 @@ class TrainOutcome:
     replayed_examples: int = 0  # examples drawn from the replay pool over the whole session
     epochs: float | None = None  # epochs run: --epochs, or where a session that trains until recalled stopped
     stopped: str | None = None  # why a session with --epochs left out stopped: "recalled" | "cap"
+    lr_schedule: str | None = None  # the schedule after any warm-up (transformers' name)
 
     def eval_perplexity(self) -> float | None:
         """exp(eval loss)."""
@@ -344,7 +345,8 @@ def run_training(model, tokenizer, data: TokenizedData, settings: TrainSettings,
     curve = [{key: log[key] for key in ("step", "epoch", "loss", "eval_loss") if key in log}
              for log in trainer.state.log_history if "loss" in log or "eval_loss" in log]
     return trainer, TrainOutcome(train_loss, eval_loss, result.global_step, precision,
-                                 str(args.device), args.world_size, curve, epochs=round(trainer.state.epoch or 0, 2))
+                                 str(args.device), args.world_size, curve, epochs=round(trainer.state.epoch or 0, 2),
+                                 lr_schedule=args.lr_scheduler_type.value)
 
 
 def final_eval_loss(trainer) -> float:

@@ -7,7 +7,7 @@ import json
 
 from helpers import write_qa
 from mtn_sails.config import TrainConfig
-from mtn_sails.training.stopping import DEFAULT_EPOCHS, EpochPlan, epoch_plan, stop_message
+from mtn_sails.training.stopping import DEFAULT_EPOCHS, EpochPlan, epoch_plan, lr_schedule, stop_message
 
 
 def test_the_epoch_plan_is_the_given_count_else_until_recalled_within_the_cap():
@@ -56,5 +56,16 @@ def test_a_session_at_its_cap_says_how_far_it_got(tiny_model_dir, tmp_path):
 
 def test_a_given_epoch_count_is_kept_and_no_stop_line_is_printed(tiny_model_dir, tmp_path):
     session, printed = run_session(tiny_model_dir, tmp_path, epochs=2)
-    assert session["epochs"] == 2 and session["stopped"] is None
+    assert session["epochs"] == 2 and session["stopped"] is None and session["lr_schedule"] == "linear"
     assert "Stopped" not in printed
+
+
+def test_a_session_that_trains_until_recalled_keeps_its_rate_and_a_fixed_count_decays():
+    assert lr_schedule(EpochPlan(30.0, 0.95), None) == "constant"
+    assert lr_schedule(EpochPlan(3.0), None) == "linear"
+    assert lr_schedule(EpochPlan(30.0, 0.95), "cosine") == "cosine"  # --lr-schedule wins
+
+
+def test_a_session_without_epochs_records_the_constant_schedule_it_trained_with(tiny_model_dir, tmp_path):
+    session, _ = run_session(tiny_model_dir, tmp_path, max_epochs=80)
+    assert session["stopped"] == "recalled" and session["lr_schedule"] == "constant"
