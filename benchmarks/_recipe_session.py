@@ -2,7 +2,8 @@
 
     python benchmarks/_recipe_session.py MODEL_DIR DATA.json OUTPUT_DIR --max-length 512 --batch-size 8 --epochs 1
 
-Every record is rendered with the product's prompt template (so both programs train on the same text),
+Every record is rendered with the template `train` picks for the model (its chat template where it has one,
+else the product's prompt template), so both programs train on the same text;
 tokenised with padding="max_length" and truncation, collated by DataCollatorForLanguageModeling(mlm=False)
 and trained with Trainer defaults (random batches, fp32 on the CPU), then saved. session_speed.py times
 this whole process against `python main.py train` on the same file and model (a helper, not a benchmark:
@@ -32,12 +33,12 @@ def main(argv: list[str] | None = None) -> int:
                               TrainingArguments)
 
     from mtn_sails.data.files import load_records
-    from mtn_sails.data.template import PromptTemplate
+    from mtn_sails.data.template import settle_template
 
     tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
     tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(args.model_dir)
-    template = PromptTemplate()
+    template, _notes = settle_template("auto", None, tokenizer)  # what `train` renders: the chat template if any
     texts = ["".join(s.text + (tokenizer.eos_token if s.ends_turn else "") for s in template.render(record))
              for record in load_records(args.data_file)]
     dataset = Dataset.from_dict({"text": texts}).map(

@@ -163,8 +163,10 @@ def nominal_peak() -> dict:
 
 
 def non_embedding_params(model) -> int:
-    """A GPT-2's parameters outside its token and position embeddings (the 6 N of training FLOPs per token)."""
-    embeddings = model.transformer.wte.weight.numel() + model.transformer.wpe.weight.numel()
+    """A causal LM's parameters outside its token (and GPT-2's position) embeddings: the 6 N of training FLOPs
+    per token (an output layer tied to the token embeddings counted in neither)."""
+    positions = getattr(getattr(model, "transformer", None), "wpe", None)
+    embeddings = model.get_input_embeddings().weight.numel() + (positions.weight.numel() if positions else 0)
     return sum(p.numel() for p in model.parameters()) - embeddings
 
 

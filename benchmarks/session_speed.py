@@ -1,14 +1,18 @@
-"""Whole-session speed as a user waits for it: `python main.py train` against the tutorial recipe, whole processes.
+"""Whole-session speed as a user waits for it: `python main.py train` against TRL's SFTTrainer and the tutorial recipe.
 
     python benchmarks/session_speed.py --json-out benchmarks/results/session_speed.json   # 48 records, 3 rounds
+    python benchmarks/session_speed.py --model-shape real-base --records 20 --arms trl sails  # SmolLM2-135M-Instruct
     python benchmarks/session_speed.py --records 999 --rounds 1 --arms recipe sails       # the full Alpaca demo
     python benchmarks/session_speed.py --quick                                            # tiny shape, ~1 minute
 
-Both programs start from one model directory: distilgpt2's shape (6 blocks, 768 wide, 1,024 positions,
+Every program starts from one model directory: distilgpt2's shape (6 blocks, 768 wide, 1,024 positions,
 gelu_new as its config has it) with random weights, and GPT-2's own 50,257-token tokenizer
-(benchmarks/gpt2_vocab.py), saved as safetensors. The data is the first --records records of
+(benchmarks/gpt2_vocab.py), saved as safetensors; or with --model-shape real-base the real base
+(SmolLM2-135M-Instruct, `make real-base`) as it comes. The data is the first --records records of
 tests/fixtures/alpaca_en_demo.json. Arms, each one whole process from start to exit:
 
+  trl          benchmarks/_trl_session.py: TRL's SFTTrainer, prompt-completion rows, completion-only loss,
+               dynamic padding, bf16 where the product would pick it, one save (the peer a user would pick)
   recipe       benchmarks/_recipe_session.py: pad to --max-length, LM collator, Trainer defaults, save
   sails        `python main.py train --model-name MODEL --max-length --batch-size --epochs` with every
                other option at its default: what a user runs (held-out split, evaluation, probe, history,
@@ -19,7 +23,7 @@ tests/fixtures/alpaca_en_demo.json. Arms, each one whole process from start to e
                shared rows (--levers)
 
 Every round runs each arm once, the arm that starts rotating between rounds; the headline is the median
-over rounds of the recipe's seconds over sails's, the best round beside it. Each arm also reports its
+over rounds of TRL's seconds over sails's (and the recipe's), the best round beside it. Each arm also reports its
 training loss (the Trainer's mean over the session's steps: bf16 against fp32 on the same records), its
 peak resident memory, and for sails the seconds the session itself reports (training_history.json's duration_s),
 so the rest is process start-up (imports, model load) and exit.
@@ -50,6 +54,9 @@ from pathlib import Path
 from common import (GPT2_SHAPES as SHAPES, N_POSITIONS, PAIRS_FILE, REPO, interleaved_rounds, machine,
                     matmul_peak_flops, non_embedding_params, peak_sizes, ratio_statistics, script_parser, write_json)
 
+PEERS = ("trl", "recipe")
+HELPERS = {"trl": "_trl_session.py", "recipe": "_recipe_session.py"}
+REAL_BASE = "real-base"
 LEVERS = {"sails+fp32": ["--precision", "fp32"], "sails+bf16": ["--precision", "bf16"],
           "sails+padded": ["--pad-examples"]}
 GOAL_SMALL_FILE = 2.5  # issue 20: the whole process on a small file, median of 3 rounds
@@ -60,6 +67,10 @@ def build_model(work: Path, shape: str, tokenizer_kind: str, seed: int) -> Path:
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
+    if shape == REAL_BASE:
+        from tools.real_base import real_base_dir
+
+        return real_base_dir()
     model_dir = work / "model"
     if tokenizer_kind == "gpt2":
         from gpt2_vocab import gpt2_tokenizer
@@ -92,9 +103,9 @@ def data_file(work: Path, records: int) -> Path:
 def arm_command(arm: str, model_dir: Path, data: Path, output: Path, args) -> list[str]:
     """The command line of one arm."""
     shared = ["--max-length", str(args.max_length), "--batch-size", str(args.batch_size), "--epochs", str(args.epochs)]
-    if arm == "recipe":
-        return [sys.executable, str(REPO / "benchmarks" / "_recipe_session.py"), str(model_dir), str(data),
-                str(output), *shared]
+    if arm in PEERS:
+        return [sys.executable, str(REPO / "benchmarks" / HELPERS[arm]), str(model_dir), str(data), str(output),
+                *shared]
     return [sys.executable, str(REPO / "main.py"), "train", "--data-file", str(data), "--model-name", str(model_dir),
             "--output-dir", str(output), *shared, *LEVERS.get(arm, [])]
 
@@ -112,7 +123,7 @@ def run_arm(arm: str, command: list[str], output: Path) -> dict:
     if code != 0:
         raise RuntimeError(f"{arm} exited {code}:\n{printed[-3000:]}")
     result = {"process_s": round(wall, 2), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
-    if arm == "recipe":
+    if arm in PEERS:
         found = re.search(r"'train_runtime': '?([\d.]+)'?.*'train_loss': '?([\d.]+)'?", printed)
         result.update({"train_runtime_s": float(found.group(1)), "train_loss": float(found.group(2))} if found else {})
     else:
@@ -126,22 +137,24 @@ def run_arm(arm: str, command: list[str], output: Path) -> dict:
 
 def learned_examples(model_dir: Path, data: Path, args) -> dict[str, list[tuple[int, int]]]:
     """Per arm, (tokens, positions its loss scores) of every example it trains on (the recipe: all records,
-    every token scored; sails: its training split, the answer tokens scored)."""
+    every token scored; TRL: all records, the answer tokens scored; sails: its training split, the answer tokens
+    scored)."""
     from transformers import AutoTokenizer
 
     from mtn_sails.config import TrainConfig
     from mtn_sails.data.files import file_sha256
-    from mtn_sails.data.template import PromptTemplate
+    from mtn_sails.data.template import settle_template
     from mtn_sails.training.scoring import IGNORE_INDEX
     from mtn_sails.training.tokenizing import records_dataset, split_dataset, tokenize
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    template, _notes = settle_template("auto", None, tokenizer)
     defaults = TrainConfig(data_file=str(data))
     rows = records_dataset(data, file_sha256(data))
     train_rows, _held_out = split_dataset(rows, defaults.eval_split, defaults.seed)
     examples = {}
-    for arm, chosen in (("recipe", rows), ("sails", train_rows)):
-        labels = tokenize(chosen, None, tokenizer, PromptTemplate(), args.max_length).train["labels"]
+    for arm, chosen in (("recipe", rows), ("trl", rows), ("sails", train_rows)):
+        labels = tokenize(chosen, None, tokenizer, template, args.max_length).train["labels"]
         examples[arm] = [(len(row), len(row) - 1 if arm == "recipe" else sum(t != IGNORE_INDEX for t in row[1:]))
                          for row in labels]
     return examples
@@ -153,7 +166,7 @@ def whole_process_mfu(model_dir: Path, data: Path, rounds: list[dict], args) -> 
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(model_dir)
-    width, layers, vocab = model.config.n_embd, model.config.n_layer, model.config.vocab_size
+    width, layers, vocab = model.config.hidden_size, model.config.num_hidden_layers, model.config.vocab_size
     non_embedding = non_embedding_params(model)
     examples = learned_examples(model_dir, data, args)
     sizes = peak_sizes(args.model_shape)
@@ -163,7 +176,7 @@ def whole_process_mfu(model_dir: Path, data: Path, rounds: list[dict], args) -> 
     for arm in args.arms:
         seconds = statistics.median(r[arm]["process_s"] for r in rounds)
         precision = rounds[0][arm].get("precision", "fp32")
-        learned = examples["recipe" if arm == "recipe" else "sails"]
+        learned = examples[arm if arm in PEERS else "sails"]
         flops = sum(n * 6 * non_embedding + scored * 6 * vocab * width + 12 * layers * width * n * n
                     for n, scored in learned)
         report[arm] = {"tokens": sum(n for n, _ in learned), "scored": sum(s for _, s in learned),
@@ -173,15 +186,10 @@ def whole_process_mfu(model_dir: Path, data: Path, rounds: list[dict], args) -> 
     return report
 
 
-def round_ratios(rounds: list[dict], arms: list[str]) -> dict[str, dict]:
-    """Per sails arm: the recipe's process seconds over the arm's, median and best over rounds."""
-    ratios = {}
-    for arm in arms:
-        if arm == "recipe" or "recipe" not in arms:
-            continue
-        ratios[arm] = ratio_statistics([r["recipe"]["process_s"] for r in rounds],
-                                       [r[arm]["process_s"] for r in rounds])
-    return ratios
+def round_ratios(rounds: list[dict], arms: list[str], peer: str) -> dict[str, dict]:
+    """Per sails arm: the peer's process seconds over the arm's, median and best over rounds."""
+    return {arm: ratio_statistics([r[peer]["process_s"] for r in rounds], [r[arm]["process_s"] for r in rounds])
+            for arm in arms if arm not in PEERS and peer in arms}
 
 
 def run(args) -> dict:
@@ -193,14 +201,14 @@ def run(args) -> dict:
                                           work / f"out-{arm}")) for arm in args.arms}
     rounds = interleaved_rounds(arms, args.rounds, on_result=lambda index, arm, found: print(
         f"round {index + 1} {arm}: {found}", flush=True))
-    ratios = round_ratios(rounds, args.arms)
+    ratios = {f"{peer}_over": round_ratios(rounds, args.arms, peer) for peer in PEERS}
     medians = {arm: {key: round(statistics.median(r[arm][key] for r in rounds), 2)
                      for key in rounds[0][arm] if isinstance(rounds[0][arm][key], (int, float))}
                for arm in args.arms}
     mfu = whole_process_mfu(model_dir, data, rounds, args)
-    return {"rounds": rounds, "median": medians, "recipe_over": ratios, "whole_process_mfu": mfu,
-            "model": {"shape": args.model_shape, **SHAPES[args.model_shape], "n_positions": N_POSITIONS,
-                      "tokenizer": args.tokenizer}}
+    return {"rounds": rounds, "median": medians, **ratios, "whole_process_mfu": mfu,
+            "model": {"shape": args.model_shape, **SHAPES.get(args.model_shape, {}), "n_positions": N_POSITIONS,
+                      "tokenizer": args.tokenizer} if args.model_shape != REAL_BASE else {"shape": REAL_BASE}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -208,11 +216,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = script_parser(__doc__, epilog=True)
     parser.add_argument("--records", type=int, default=48, help="the first N Alpaca demo records (999: all)")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--arms", nargs="+", default=None, choices=["recipe", "sails", *LEVERS],
-                        help="default: recipe and sails, and with --levers every sails+ arm")
+    parser.add_argument("--arms", nargs="+", default=None, choices=[*PEERS, "sails", *LEVERS],
+                        help="default: trl, recipe and sails, and with --levers every sails+ arm")
     parser.add_argument("--levers", action="store_true",
                         help="also sails with --precision fp32, bf16 and --pad-examples")
-    parser.add_argument("--model-shape", choices=sorted(SHAPES), default="distilgpt2")
+    parser.add_argument("--model-shape", choices=[*sorted(SHAPES), REAL_BASE], default="distilgpt2",
+                        help="a GPT-2 shape with random weights, or the real base as it comes")
     parser.add_argument("--tokenizer", choices=["gpt2", "trained"], default="gpt2",
                         help="GPT-2's own 50,257 tokens, or a 2,000-token BPE trained on the data (--quick)")
     parser.add_argument("--max-length", type=int, default=512)
@@ -225,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.model_shape, args.tokenizer, args.records, args.rounds, args.max_length = "tiny", "trained", 16, 1, 128
-    args.arms = args.arms or ["recipe", "sails", *(LEVERS if args.levers else [])]
+    args.arms = args.arms or [*PEERS, "sails", *(LEVERS if args.levers else [])]
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="mtn-sails-session-speed-") as scratch:
         args.work_dir = args.work_dir or scratch
@@ -234,8 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     result.update({"date": datetime.date.today().isoformat(), "machine": machine("torch"),
                    "settings": {k: v for k, v in vars(args).items() if k not in ("json_out", "work_dir")},
                    "wall_s": round(time.perf_counter() - started, 1)})
-    for arm, ratio in result["recipe_over"].items():
-        print(f"recipe / {arm}: median {ratio['median']}x (rounds {ratio['rounds']}, best {ratio['best']}x)")
+    for peer in PEERS:
+        for arm, ratio in result[f"{peer}_over"].items():
+            print(f"{peer} / {arm}: median {ratio['median']}x (rounds {ratio['rounds']}, best {ratio['best']}x)")
     print(json.dumps(result["median"], indent=1))
     mfu = result["whole_process_mfu"]
     print(f"whole-process MFU against the matmul peak of each arm's precision ({mfu['peak_matmul_gflops']} GFLOP/s): "

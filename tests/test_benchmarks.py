@@ -73,24 +73,27 @@ def test_train_levers_and_overheads_smallest_forms_write_their_figures(tmp_path)
 
 
 @pytest.mark.slow
-def test_session_speed_quick_form_times_whole_processes_of_both_programs(tmp_path):
+def test_session_speed_quick_form_times_whole_processes_of_every_program(tmp_path):
     out = tmp_path / "session_speed.json"
     done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "session_speed.py"), "--quick", "--levers",
                            "--json-out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads(out.read_text())
     [round_] = report["rounds"]
-    assert set(round_) - {"order", "load_average"} == {"recipe", "sails", "sails+fp32", "sails+bf16", "sails+padded"}
+    assert set(round_) - {"order", "load_average"} == {"trl", "recipe", "sails", "sails+fp32", "sails+bf16",
+                                                       "sails+padded"}
     assert round_["sails+fp32"]["precision"] == "fp32" and round_["sails+bf16"]["precision"] == "bf16"
     assert round_["sails"]["precision"] == "fp32"  # the quick form's 64-wide model: auto keeps fp32
-    for arm in ("recipe", "sails"):
+    for arm in ("trl", "recipe", "sails"):
         assert round_[arm]["process_s"] > 0 and round_[arm]["peak_rss_mb"] > 0 and round_[arm]["train_loss"] > 0
     assert 0 < round_["sails"]["session_s"] < round_["sails"]["process_s"]  # the rest is start-up and exit
     mfu = report["whole_process_mfu"]
-    assert mfu["recipe"]["examples"] == 16 and mfu["sails"]["examples"] < 16  # sails holds some records out
-    assert mfu["sails"]["scored"] < mfu["sails"]["tokens"]  # its loss scores the answers, not the prompts
+    assert mfu["recipe"]["examples"] == mfu["trl"]["examples"] == 16 and mfu["sails"]["examples"] < 16  # held out
+    for arm in ("trl", "sails"):  # their loss scores the answers, not the prompts
+        assert mfu[arm]["scored"] < mfu[arm]["tokens"]
     assert all(0 < mfu[arm]["mfu"] < 1 for arm in round_ if arm not in ("order", "load_average"))
-    assert set(report["recipe_over"]) == {"sails", "sails+fp32", "sails+bf16", "sails+padded"}
+    assert set(report["recipe_over"]) == set(report["trl_over"]) == {"sails", "sails+fp32", "sails+bf16",
+                                                                     "sails+padded"}
 
 
 @pytest.mark.slow
@@ -240,3 +243,28 @@ def test_the_real_base_benchmark_asks_general_questions_session_0_never_saw(monk
 
     bench = load_benchmark("real_base_sessions", monkeypatch)
     assert len(bench.GENERAL) >= 12 and not {question for question, _ in bench.GENERAL} & set(general_prompts())
+
+
+# ------------------------------------------------------------------------------ BENCHMARKS.md's generated tables
+
+
+def test_benchmarks_md_generated_tables_equal_the_json_they_come_from():
+    from tools import benchmark_tables as tables
+
+    text = tables.BENCHMARKS_MD.read_text(encoding="utf-8")
+    assert sorted(match["name"] for match in tables.BLOCK.finditer(text)) == sorted(tables.TABLES)
+    assert tables.stale_blocks(text) == [], "run python tools/benchmark_tables.py"
+
+
+def test_a_figure_changed_by_hand_in_a_generated_table_is_caught():
+    import re
+
+    from tools import benchmark_tables as tables
+
+    text = tables.rendered(tables.BENCHMARKS_MD.read_text(encoding="utf-8"))
+    block = next(tables.BLOCK.finditer(text))
+    body = block["body"]
+    last_digit = [m.start() for m in re.finditer(r"\d", body)][-1]
+    edited_body = body[:last_digit] + str((int(body[last_digit]) + 1) % 10) + body[last_digit + 1:]
+    edited = text[:block.start("body")] + edited_body + text[block.end("body"):]
+    assert tables.stale_blocks(edited) == [block["name"]]

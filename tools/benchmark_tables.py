@@ -1,0 +1,132 @@
+"""BENCHMARKS.md's generated tables: each block between `<!-- table NAME -->` and `<!-- /table -->` is rendered from
+committed results JSON, so a quoted figure cannot drift from the run it came from (tests/test_benchmarks.py checks).
+
+    python tools/benchmark_tables.py           # rewrite every block from benchmarks/results/
+    python tools/benchmark_tables.py --check   # exit 1, naming each block that differs from its JSON
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Callable
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+BENCHMARKS_MD = REPO / "BENCHMARKS.md"
+BLOCK = re.compile(r"(<!-- table (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.DOTALL)
+SCHEDULE_RUNS = ("real_base_sessions.json", "real_base_sessions_seed23_linear.json",
+                 "real_base_sessions_seed11_constant.json", "real_base_sessions_seed11_linear.json")
+
+
+def result(name: str) -> dict:
+    """One committed results JSON."""
+    return json.loads((RESULTS / name).read_text(encoding="utf-8"))
+
+
+def markdown(header: list[str], rows: list[list[str]]) -> str:
+    """A markdown table, one line per row, ending in a newline."""
+    lines = [header, ["---"] * len(header), *rows]
+    return "".join("| " + " | ".join(cells) + " |\n" for cells in lines)
+
+
+def share(value: float | None) -> str:
+    """A share to two decimals, or a dash where there is none."""
+    return "—" if value is None else f"{value:.2f}"
+
+
+def rate(value: float) -> str:
+    """A learning rate as the guide writes it: 5e-5."""
+    mantissa, exponent = f"{value:.0e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def stopped(row: dict) -> str:
+    """Epochs and why the session stopped, as `17 (recalled)`."""
+    return f"{row['epochs']:g} ({row['stopped']})"
+
+
+def sessions_table(name: str) -> str:
+    """real_base_sessions.py's run: one row per session, every earlier session's recall after it."""
+    rows = [[str(row["session"]), rate(row["learning_rate"]), stopped(row), str(row["steps"]),
+             share(row["recall_now"][-1]), " / ".join(share(kept) for kept in row["recall_now"][:-1]) or "—",
+             share(row["base_kept"]), share(row["general_kept"]), f"{row['replay_share']:.3f}", f"{row['seconds']:.1f}"]
+            for row in result(name)["sessions"]]
+    return markdown(["session", "rate", "epochs (why it stopped)", "steps", "its recall", "earlier sessions now",
+                     "base kept", "general kept", "replay", "s"], rows)
+
+
+def schedule(run: dict) -> str:
+    """The learning-rate schedule a run's sessions trained with."""
+    args = run["train_args"]
+    return args[args.index("--lr-schedule") + 1] if "--lr-schedule" in args else "default (constant)"
+
+
+def schedules_table(names: tuple[str, ...] = SCHEDULE_RUNS) -> str:
+    """Runs of the same protocol side by side: each session's epochs and recall, then what the last one left."""
+    rows = []
+    for run in map(result, names):
+        sessions = run["sessions"]
+        last = sessions[-1]
+        rows.append([str(run["seed"]), schedule(run),
+                     *(f"{stopped(row)}, {share(row['recall_now'][-1])}" for row in sessions),
+                     " / ".join(share(kept) for kept in last["recall_now"][:-1]), share(last["base_kept"]),
+                     share(last["general_kept"]), f"{sum(row['seconds'] for row in sessions):.0f}"])
+    count = len(result(names[0])["sessions"])
+    return markdown(["seed", "schedule", *(f"session {n}: epochs (why), recall" for n in range(1, count + 1)),
+                     "after the last: earlier sessions kept", "base kept", "general kept", "s, all sessions"], rows)
+
+
+def arms_table(name: str) -> str:
+    """One-session arms of real_base_sessions.py (a JSON of arm name to run): what each did to session 1."""
+    rows = []
+    for arm, run in result(name).items():
+        row = run["sessions"][0]
+        rows.append([arm if arm == "defaults" else f"`{arm}`", stopped(row), share(row["recall_now"][-1]),
+                     share(row["base_kept"]), share(row["general_kept"])])
+    return markdown(["arm", "epochs (why)", "recall (chat path)", "base kept", "general kept"], rows)
+
+
+TABLES: dict[str, Callable[[], str]] = {
+    "real_base_sessions": lambda: sessions_table("real_base_sessions.json"),
+    "real_base_schedules": schedules_table,
+    "real_base_levers_decisive": lambda: arms_table("real_base_levers_decisive_seed11.json"),
+}
+
+
+def rendered(text: str) -> str:
+    """`text` with every table block rendered afresh from its JSON (a block with an unknown name is an error)."""
+    def render(match: re.Match) -> str:
+        name = match["name"]
+        if name not in TABLES:
+            raise SystemExit(f"BENCHMARKS.md names a table no renderer has: {name}")
+        return match.group(1) + TABLES[name]() + match.group(4)
+
+    return BLOCK.sub(render, text)
+
+
+def stale_blocks(text: str) -> list[str]:
+    """Names of the blocks in `text` whose figures differ from their JSON."""
+    fresh = {match["name"]: match["body"] for match in BLOCK.finditer(rendered(text))}
+    return [match["name"] for match in BLOCK.finditer(text) if fresh[match["name"]] != match["body"]]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true", help="change nothing; exit 1 if a block differs")
+    args = parser.parse_args()
+    text = BENCHMARKS_MD.read_text(encoding="utf-8")
+    if args.check:
+        stale = stale_blocks(text)
+        for name in stale:
+            print(f"BENCHMARKS.md table {name} differs from its JSON: run python tools/benchmark_tables.py",
+                  file=sys.stderr)
+        return 1 if stale else 0
+    BENCHMARKS_MD.write_text(rendered(text), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
