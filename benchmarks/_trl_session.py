@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
                          train_dataset=Dataset.from_dict(prompt_completion_rows(args.model_dir, args.data_file)))
     trainer.train()
     trainer.save_model(args.output_dir)
+    print(f"precision: {'bf16' if bf16 else 'fp32'}")  # session_speed.py reads it for the MFU's peak
     return 0
 
 

@@ -21,6 +21,8 @@ tests/fixtures/alpaca_en_demo.json. Arms, each one whole process from start to e
   sails+bf16   the same with `--precision bf16` (--levers)
   sails+padded the same with `--pad-examples`: one padded row per example, as before a batch's examples
                shared rows (--levers)
+  sails+no-session-0  the same with `--base-prompts 0`: a first session from a pretrained base without
+               session 0 (the base answering the bundled prompts first), what that costs (--levers)
 
 Every round runs each arm once, the arm that starts rotating between rounds; the headline is the median
 over rounds of TRL's seconds over sails's (and the recipe's), the best round beside it. Each arm also reports its
@@ -58,7 +60,7 @@ PEERS = ("trl", "recipe")
 HELPERS = {"trl": "_trl_session.py", "recipe": "_recipe_session.py"}
 REAL_BASE = "real-base"
 LEVERS = {"sails+fp32": ["--precision", "fp32"], "sails+bf16": ["--precision", "bf16"],
-          "sails+padded": ["--pad-examples"]}
+          "sails+padded": ["--pad-examples"], "sails+no-session-0": ["--base-prompts", "0"]}
 GOAL_SMALL_FILE = 2.5  # issue 20: the whole process on a small file, median of 3 rounds
 
 
@@ -126,6 +128,8 @@ def run_arm(arm: str, command: list[str], output: Path) -> dict:
     if arm in PEERS:
         found = re.search(r"'train_runtime': '?([\d.]+)'?.*'train_loss': '?([\d.]+)'?", printed)
         result.update({"train_runtime_s": float(found.group(1)), "train_loss": float(found.group(2))} if found else {})
+        precision = re.search(r"^precision: (\w+)$", printed, re.MULTILINE)  # the TRL helper says; the recipe is fp32
+        result["precision"] = precision.group(1) if precision else "fp32"
     else:
         from mtn_sails.model_dir.history_file import HISTORY_FILE
 
@@ -219,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arms", nargs="+", default=None, choices=[*PEERS, "sails", *LEVERS],
                         help="default: trl, recipe and sails, and with --levers every sails+ arm")
     parser.add_argument("--levers", action="store_true",
-                        help="also sails with --precision fp32, bf16 and --pad-examples")
+                        help="also sails with --precision fp32, bf16, --pad-examples and --base-prompts 0")
     parser.add_argument("--model-shape", choices=[*sorted(SHAPES), REAL_BASE], default="distilgpt2",
                         help="a GPT-2 shape with random weights, or the real base as it comes")
     parser.add_argument("--tokenizer", choices=["gpt2", "trained"], default="gpt2",

@@ -81,7 +81,7 @@ def test_session_speed_quick_form_times_whole_processes_of_every_program(tmp_pat
     report = json.loads(out.read_text())
     [round_] = report["rounds"]
     assert set(round_) - {"order", "load_average"} == {"trl", "recipe", "sails", "sails+fp32", "sails+bf16",
-                                                       "sails+padded"}
+                                                       "sails+padded", "sails+no-session-0"}
     assert round_["sails+fp32"]["precision"] == "fp32" and round_["sails+bf16"]["precision"] == "bf16"
     assert round_["sails"]["precision"] == "fp32"  # the quick form's 64-wide model: auto keeps fp32
     for arm in ("trl", "recipe", "sails"):
@@ -93,7 +93,7 @@ def test_session_speed_quick_form_times_whole_processes_of_every_program(tmp_pat
         assert mfu[arm]["scored"] < mfu[arm]["tokens"]
     assert all(0 < mfu[arm]["mfu"] < 1 for arm in round_ if arm not in ("order", "load_average"))
     assert set(report["recipe_over"]) == set(report["trl_over"]) == {"sails", "sails+fp32", "sails+bf16",
-                                                                     "sails+padded"}
+                                                                     "sails+padded", "sails+no-session-0"}
 
 
 @pytest.mark.slow
