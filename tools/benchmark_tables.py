@@ -93,6 +93,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "real_base_sessions": lambda: sessions_table("real_base_sessions.json"),
     "real_base_schedules": schedules_table,
     "real_base_levers_decisive": lambda: arms_table("real_base_levers_decisive_seed11.json"),
+    "real_base_lora_seed11": lambda: sessions_table("real_base_lora2e-4_seed11.json"),
 }
 
 
