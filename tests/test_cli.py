@@ -133,15 +133,35 @@ def test_train_help_names_both_rate_pairs(capsys):
     assert "continues at 1e-5 (2e-4 after scratch)" in text
 
 
-def test_a_default_session_prints_only_the_products_lines(tiny_model_dir, tmp_path):
+@pytest.fixture(scope="module")
+def default_session(tiny_model_dir, tmp_path_factory):
+    """One `train` process with every default but a short epoch cap: (the finished process, its model directory)."""
+    folder = tmp_path_factory.mktemp("default_session")
+    data = write_qa(folder / "qa.json", repeat=2)
+    done = run_cli("train", "--data-file", str(data), "--model-name", str(tiny_model_dir), "--output-dir",
+                   str(folder / "model"), "--max-epochs", "3", cwd=folder)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done, folder / "model"
+
+
+def test_a_default_session_prints_only_the_products_lines(default_session):
     """Warnings the product triggers knowingly (rows shared without an attention mask, the loss type of GPT-2) are
     silenced where it causes them: a session's output holds no line from transformers, torch or datasets."""
-    data = write_qa(tmp_path / "qa.json", repeat=2)
-    done = run_cli("train", "--data-file", str(data), "--model-name", str(tiny_model_dir), "--output-dir",
-                   str(tmp_path / "model"), "--max-epochs", "3", cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-2000:]
+    done, _ = default_session
     third_party = [line for line in (done.stdout + done.stderr).splitlines()
                    if any(word in line for word in ("transformers", "torch", "datasets", "Warning", "warn(",
                                                     "We strongly recommend", "huggingface"))]
     assert third_party == []
     assert done.stderr.strip() == ""
+
+
+def test_a_session_says_and_records_where_its_time_went(default_session):
+    """The history keeps each stage's seconds (the per-epoch recall checks apart from training), they add up to no
+    more than the session, and the summary names them."""
+    done, model_dir = default_session
+    session = json.loads((model_dir / "training_history.json").read_text())["sessions"][-1]
+    phases = session["phase_s"]
+    assert {"records", "load", "tokenise", "train", "recall_checks", "save", "measure"} <= set(phases)
+    assert all(seconds >= 0 for seconds in phases.values())
+    assert phases["train"] > 0 and sum(phases.values()) <= session["duration_s"] + 0.5
+    assert "⏱️  Where the time went: " in done.stdout

@@ -89,11 +89,29 @@ def arms_table(name: str) -> str:
     return markdown(["arm", "epochs (why)", "recall (chat path)", "base kept", "general kept"], rows)
 
 
+def speed_table(name: str) -> str:
+    """session_speed.py's run: per arm the median whole process and the peer's time over it."""
+    run = result(name)
+    mfu = run["whole_process_mfu"]
+    peers = [(key, key.split("_")[0]) for key in ("trl_over", "recipe_over") if run.get(key)]
+    rows = []
+    for arm, median in run["median"].items():
+        own = median.get("session_s", median.get("train_runtime_s"))
+        ratios = [f"{run[key][arm]['median']:.2f}x ({run[key][arm]['best']:.2f}x)" if arm in run[key] else "—"
+                  for key, _ in peers]
+        rows.append([arm, f"{median['process_s']:.1f}", f"{own:.1f}", f"{median['peak_rss_mb']:,.0f} MB",
+                     f"{median['train_loss']:.2f}", *ratios,
+                     f"{mfu[arm]['mfu']:.1%} of {mfu[arm]['precision']}"])
+    return markdown(["arm", "process s", "session s (TRL: train_runtime)", "peak RSS", "training loss",
+                     *(f"{peer} s ÷ arm s (median, best)" for _, peer in peers), "whole-process MFU"], rows)
+
+
 TABLES: dict[str, Callable[[], str]] = {
     "real_base_sessions": lambda: sessions_table("real_base_sessions.json"),
     "real_base_schedules": schedules_table,
     "real_base_levers_decisive": lambda: arms_table("real_base_levers_decisive_seed11.json"),
     "real_base_lora_seed11": lambda: sessions_table("real_base_lora2e-4_seed11.json"),
+    "session_speed_real_base": lambda: speed_table("session_speed_real_base.json"),
 }
 
 

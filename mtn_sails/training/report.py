@@ -18,10 +18,18 @@ def say_if_trained_before(history: list[SessionRecord], data_sha256: str) -> Non
         say(f"ℹ️  this file was trained in session{'s' * (len(earlier) > 1)} {', '.join(earlier)}; "
             "training on it again weighs its records twice")
 
+def phase_summary(phase_s: dict[str, float]) -> str:
+    """The phases that took a second or more, longest first: `session 0 72.0 s · train 30.1 s`."""
+    timed = sorted(((seconds, name) for name, seconds in phase_s.items() if seconds >= 1.0), reverse=True)
+    return " · ".join(f"{name.replace('_', ' ')} {seconds:.1f} s" for seconds, name in timed) or "under a second each"
+
+
 def report_session(session: SessionRecord, output_dir: Path, backup_dir: Path | None, config: TrainConfig) -> None:
     """The end-of-session summary: metrics, forgetting table, lost answers, where things are."""
     say(f"✅ Session {session.session} saved to {output_dir} ({session_metrics(session)}, "
         f"{session.duration_s} s)")
+    if session.phase_s:
+        say(f"⏱️  Where the time went: {phase_summary(session.phase_s)}")
     rows = forgetting_table(session)
     if rows:
         say(f"📊 Forgetting ({forgetting_measures(session)} of earlier sessions, then -> now):")

@@ -24,6 +24,7 @@ from ..model_dir.session_record import SessionRecord
 from .distributed import Processes, current_processes
 from .base_answers import BASE_SESSION, BaseAnswers, settle_base
 from .forgetting import Measurements, measure_session
+from .phases import PhaseClock
 from .plan import TrainingPlan, plan_training
 from .report import report_session, say_if_trained_before
 from .start_model import StartModel, load_session_model, load_start_model
@@ -46,6 +47,7 @@ class Session:
     onnx_output: str
     history: list[SessionRecord]  # the earlier sessions, read once (empty from a base)
     started: float = field(default_factory=time.time)
+    phases: PhaseClock = field(default_factory=PhaseClock)
 
     def output_dir(self) -> Path:
         """The model directory this session swaps its result into."""
@@ -125,20 +127,26 @@ def run_session(session: Session, writes: disk.Writes) -> SessionResult:
     """Records in -> start model -> room checked -> train -> measure -> commit, swapped into the output directory."""
     from .tokenizing import iter_records
 
-    data = prepare_records(session)
-    start = load_session_model(session.config, session.plan, iter_records(session.rows), session.earlier_template(),
-                               session.checkpoint)
+    clock = session.phases
+    with clock.phase("records"):
+        data = prepare_records(session)
+    with clock.phase("load"):
+        start = load_session_model(session.config, session.plan, iter_records(session.rows),
+                                   session.earlier_template(), session.checkpoint)
     check_room(session, writes, start.model)
-    data.base = settle_base(session.config, session.plan, session.history, session.work, session.processes, start,
-                            resumed=session.checkpoint is not None)
+    with clock.phase("session_0"):
+        data.base = settle_base(session.config, session.plan, session.history, session.work, session.processes,
+                                start, resumed=session.checkpoint is not None)
     # Session 1 learns its data alone and only probes the base: six facts with one of the base's answers replayed
     # (weighted like an earlier session's) did not reach their recall within --max-epochs and lost the base's
     # general answers too. From session 2 on, the base's slice is replayed with every earlier session's.
     trainer, outcome = train_session(session, data, start)
-    staging = save_weights(trainer, session)
+    with clock.phase("save"):
+        staging = save_weights(trainer, session)
     if not session.processes.is_main():
         return SessionResult(session.output_dir(), session.plan, None)
-    measured = measure(trainer, staging, session, start, data)
+    with clock.phase("measure"):
+        measured = measure(trainer, staging, session, start, data)
     record = session_record(session, data, start, outcome, measured)
     backup = commit_session(staging, session, data, record, start.template)
     shutil.rmtree(session.work, ignore_errors=True)
@@ -208,8 +216,9 @@ def train_session(session: Session, data: SessionData, start: StartModel):
     from .tokenizing import tokenize, with_replay
     from .trainer import RecallStop, TrainSettings, run_training
 
-    config, plan, processes = session.config, session.plan, session.processes
-    tokens = tokenize(data.train_rows, data.held_out_rows, start.tokenizer, start.template, start.max_length)
+    config, plan, processes, clock = session.config, session.plan, session.processes, session.phases
+    with clock.phase("tokenise"):
+        tokens = tokenize(data.train_rows, data.held_out_rows, start.tokenizer, start.template, start.max_length)
     for note in tokens.notes:
         say(note)
     # On resume the model holds the checkpoint's weights; distillation and interpolation need the session's start.
@@ -236,14 +245,19 @@ def train_session(session: Session, data: SessionData, start: StartModel):
                              device=config.device,
                              precision=config.precision, lr_schedule=lr_schedule(epochs, config.lr_schedule),
                              warmup_ratio=config.warmup_ratio, share_rows=not config.pad_examples)
-    trainer, outcome = run_training(start.model, start.tokenizer, tokens, settings, resume_from=session.checkpoint,
-                                    retention=kit.training, callbacks=[stop] if stop else [])
+    with clock.phase("train"):
+        trainer, outcome = run_training(start.model, start.tokenizer, tokens, settings,
+                                        resume_from=session.checkpoint, retention=kit.training,
+                                        callbacks=[stop] if stop else [])
+    if stop:
+        clock.move(stop.seconds, "train", "recall_checks")
     message = stop_message(epochs, stop.recalls if stop else [], outcome.epochs)
     if message:
         say(message)
     replayed = sum(len(drawn) for drawn in kit.training.sampler.drawn) if kit.training.sampler else 0
-    alpha = interpolate_session(session, trainer.model, start, data, kit.start_weights) \
-        if kit.start_weights is not None else None
+    with clock.phase("interpolate") if kit.start_weights is not None else contextlib.nullcontext():
+        alpha = interpolate_session(session, trainer.model, start, data, kit.start_weights) \
+            if kit.start_weights is not None else None
     stopped = ("recalled" if stop.reached() else "cap") if stop else None
     return trainer, dataclasses.replace(outcome, interpolation_alpha=alpha, replayed_examples=replayed, stopped=stopped)
 
@@ -345,7 +359,7 @@ def session_record(session: Session, data: SessionData, start: StartModel, outco
         max_length=start.max_length, steps=outcome.steps, train_loss=outcome.train_loss,
         eval_loss=outcome.eval_loss, eval_perplexity=outcome.eval_perplexity(),
         held_out_loss=measured.held_out_loss, held_out_perplexity=perplexity(measured.held_out_loss),
-        duration_s=round(time.time() - session.started, 1), device=outcome.device, precision=outcome.precision,
+        duration_s=round(time.time() - session.started, 1), phase_s=dict(session.phases.seconds), device=outcome.device, precision=outcome.precision,
         world_size=outcome.world_size, replay=config.replay,
         replay_weight=config.replay_weight if config.replay > 0 else None,
         interpolation_alpha=outcome.interpolation_alpha, stopped=outcome.stopped,

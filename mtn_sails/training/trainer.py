@@ -157,11 +157,14 @@ class RecallStop(TrainerCallback):
     probe: list[Record]
     target: float
     recalls: list[float] = field(default_factory=list)  # the probe's recall at each epoch end
+    seconds: float = 0.0  # spent scoring the probe, inside the Trainer's training time
 
     def on_epoch_end(self, args, state, control, model=None, **kwargs):
         from .probe import score_probe
 
+        began = time.perf_counter()
         recall = score_probe(model, self.tokenizer, self.template, self.probe).recall or 0.0
+        self.seconds += time.perf_counter() - began
         self.recalls.append(recall)
         if recall >= self.target:
             control.should_training_stop = True
