@@ -23,12 +23,16 @@ tests/fixtures/alpaca_en_demo.json. Arms, each one whole process from start to e
                shared rows (--levers)
   sails+no-session-0  the same with `--base-prompts 0`: a first session from a pretrained base without
                session 0 (the base answering the bundled prompts first), what that costs (--levers)
+  sails+continuing  a second session: `sails` on the next --records records of the demo, into a copy
+               (made before the clock starts) of a directory one default session trained before the
+               rounds, so it measures and replays the first session and the base's session 0
 
 Every round runs each arm once, the arm that starts rotating between rounds; the headline is the median
 over rounds of TRL's seconds over sails's (and the recipe's), the best round beside it. Each arm also reports its
 training loss (the Trainer's mean over the session's steps: bf16 against fp32 on the same records), its
 peak resident memory, and for sails the seconds the session itself reports (training_history.json's duration_s),
-so the rest is process start-up (imports, model load) and exit.
+so the rest is process start-up (imports, model load) and exit, with the session's stages (phase_s) and the
+share of the whole process its training steps took (train_share: phase_s train over process seconds).
 
 MFU of the whole process: the training FLOPs of what an arm learns from, over its process seconds,
 against the best `torch.matmul` FLOP/s of the precision it computed in (fp32, or bf16 where sails picked
@@ -61,6 +65,7 @@ HELPERS = {"trl": "_trl_session.py", "recipe": "_recipe_session.py"}
 REAL_BASE = "real-base"
 LEVERS = {"sails+fp32": ["--precision", "fp32"], "sails+bf16": ["--precision", "bf16"],
           "sails+padded": ["--pad-examples"], "sails+no-session-0": ["--base-prompts", "0"]}
+CONTINUING = "sails+continuing"
 GOAL_SMALL_FILE = 2.5  # issue 20: the whole process on a small file, median of 3 rounds
 
 
@@ -94,10 +99,10 @@ def build_model(work: Path, shape: str, tokenizer_kind: str, seed: int) -> Path:
     return model_dir
 
 
-def data_file(work: Path, records: int) -> Path:
-    """The first `records` records of the Alpaca demo, as a file of their own."""
-    path = work / f"alpaca_{records}.json"
-    path.write_text(json.dumps(json.loads(PAIRS_FILE.read_text(encoding="utf-8"))[:records], indent=1),
+def data_file(work: Path, records: int, first: int = 0) -> Path:
+    """`records` records of the Alpaca demo from the `first`, as a file of their own."""
+    path = work / f"alpaca_{first}_{records}.json"
+    path.write_text(json.dumps(json.loads(PAIRS_FILE.read_text(encoding="utf-8"))[first:first + records], indent=1),
                     encoding="utf-8")
     return path
 
@@ -108,13 +113,17 @@ def arm_command(arm: str, model_dir: Path, data: Path, output: Path, args) -> li
     if arm in PEERS:
         return [sys.executable, str(REPO / "benchmarks" / HELPERS[arm]), str(model_dir), str(data), str(output),
                 *shared]
-    return [sys.executable, str(REPO / "main.py"), "train", "--data-file", str(data), "--model-name", str(model_dir),
+    start = [] if arm == CONTINUING else ["--model-name", str(model_dir)]  # a named model would start afresh
+    return [sys.executable, str(REPO / "main.py"), "train", "--data-file", str(data), *start,
             "--output-dir", str(output), *shared, *LEVERS.get(arm, [])]
 
 
-def run_arm(arm: str, command: list[str], output: Path) -> dict:
-    """Run one arm as its own process: wall seconds, peak memory, its loss and (sails) the session's own seconds."""
+def run_arm(arm: str, command: list[str], output: Path, earlier: Path | None = None) -> dict:
+    """Run one arm as its own process (into a copy of `earlier` if given): wall seconds, peak memory, its loss and
+    (sails) the session's own seconds and stages."""
     shutil.rmtree(output, ignore_errors=True)
+    if earlier is not None:
+        shutil.copytree(earlier, output)
     started = time.perf_counter()
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -135,7 +144,8 @@ def run_arm(arm: str, command: list[str], output: Path) -> dict:
 
         entry = json.loads((output / HISTORY_FILE).read_text())["sessions"][-1]
         result.update({"session_s": entry["duration_s"], "train_loss": entry["train_loss"],
-                       "precision": entry["precision"], "steps": entry["steps"]})
+                       "precision": entry["precision"], "steps": entry["steps"], "phase_s": entry["phase_s"],
+                       "train_share": round(entry["phase_s"]["train"] / wall, 3)})
     return result
 
 
@@ -177,7 +187,7 @@ def whole_process_mfu(model_dir: Path, data: Path, rounds: list[dict], args) -> 
     peaks = {"fp32": matmul_peak_flops(sizes), "bf16": matmul_peak_flops(sizes, dtype="bfloat16")}
     report = {"peak_matmul_gflops": {name: round(peak / 1e9, 1) for name, peak in peaks.items()},
               "non_embedding_params": non_embedding}
-    for arm in args.arms:
+    for arm in (arm for arm in args.arms if arm != CONTINUING):  # the continuing arm's data differ (its share says)
         seconds = statistics.median(r[arm]["process_s"] for r in rounds)
         precision = rounds[0][arm].get("precision", "fp32")
         learned = examples[arm if arm in PEERS else "sails"]
@@ -188,6 +198,13 @@ def whole_process_mfu(model_dir: Path, data: Path, rounds: list[dict], args) -> 
                        "mfu": round(flops / seconds / peaks[precision], 4),
                        "mfu_of_fp32_peak": round(flops / seconds / peaks["fp32"], 4)}
     return report
+
+
+def first_session(model_dir: Path, data: Path, work: Path, args) -> Path:
+    """The directory a default session trained on `data` before the rounds: what the continuing arm continues."""
+    output = work / "first-session"
+    run_arm("sails", arm_command("sails", model_dir, data, output, args), output)
+    return output
 
 
 def round_ratios(rounds: list[dict], arms: list[str], peer: str) -> dict[str, dict]:
@@ -201,12 +218,15 @@ def run(args) -> dict:
     work = Path(args.work_dir)
     model_dir = build_model(work, args.model_shape, args.tokenizer, args.seed)
     data = data_file(work, args.records)
-    arms = {arm: (lambda arm=arm: run_arm(arm, arm_command(arm, model_dir, data, work / f"out-{arm}", args),
-                                          work / f"out-{arm}")) for arm in args.arms}
+    earlier = first_session(model_dir, data, work, args) if CONTINUING in args.arms else None
+    arms = {arm: (lambda arm=arm: run_arm(
+        arm, arm_command(arm, model_dir, data_file(work, args.records, args.records) if arm == CONTINUING else data,
+                         work / f"out-{arm}", args), work / f"out-{arm}", earlier if arm == CONTINUING else None))
+        for arm in args.arms}
     rounds = interleaved_rounds(arms, args.rounds, on_result=lambda index, arm, found: print(
         f"round {index + 1} {arm}: {found}", flush=True))
     ratios = {f"{peer}_over": round_ratios(rounds, args.arms, peer) for peer in PEERS}
-    medians = {arm: {key: round(statistics.median(r[arm][key] for r in rounds), 2)
+    medians = {arm: {key: round(statistics.median(r[arm][key] for r in rounds), 3 if key == "train_share" else 2)
                      for key in rounds[0][arm] if isinstance(rounds[0][arm][key], (int, float))}
                for arm in args.arms}
     mfu = whole_process_mfu(model_dir, data, rounds, args)
@@ -220,10 +240,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = script_parser(__doc__, epilog=True)
     parser.add_argument("--records", type=int, default=48, help="the first N Alpaca demo records (999: all)")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--arms", nargs="+", default=None, choices=[*PEERS, "sails", *LEVERS],
+    parser.add_argument("--arms", nargs="+", default=None, choices=[*PEERS, "sails", *LEVERS, CONTINUING],
                         help="default: trl, recipe and sails, and with --levers every sails+ arm")
     parser.add_argument("--levers", action="store_true",
-                        help="also sails with --precision fp32, bf16, --pad-examples and --base-prompts 0")
+                        help="also sails with --precision fp32, bf16, --pad-examples, --base-prompts 0, and a "
+                             "continuing session")
     parser.add_argument("--model-shape", choices=[*sorted(SHAPES), REAL_BASE], default="distilgpt2",
                         help="a GPT-2 shape with random weights, or the real base as it comes")
     parser.add_argument("--tokenizer", choices=["gpt2", "trained"], default="gpt2",
@@ -238,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.model_shape, args.tokenizer, args.records, args.rounds, args.max_length = "tiny", "trained", 16, 1, 128
-    args.arms = args.arms or [*PEERS, "sails", *(LEVERS if args.levers else [])]
+    args.arms = args.arms or [*PEERS, "sails", *([*LEVERS, CONTINUING] if args.levers else [])]
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="mtn-sails-session-speed-") as scratch:
         args.work_dir = args.work_dir or scratch
@@ -253,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(result["median"], indent=1))
     mfu = result["whole_process_mfu"]
     print(f"whole-process MFU against the matmul peak of each arm's precision ({mfu['peak_matmul_gflops']} GFLOP/s): "
-          + ", ".join(f"{arm} {mfu[arm]['mfu']:.1%} ({mfu[arm]['precision']})" for arm in args.arms))
+          + ", ".join(f"{arm} {mfu[arm]['mfu']:.1%} ({mfu[arm]['precision']})" for arm in args.arms if arm in mfu))
     write_json(args.json_out, result)
     return 0
 

@@ -81,19 +81,23 @@ def test_session_speed_quick_form_times_whole_processes_of_every_program(tmp_pat
     report = json.loads(out.read_text())
     [round_] = report["rounds"]
     assert set(round_) - {"order", "load_average"} == {"trl", "recipe", "sails", "sails+fp32", "sails+bf16",
-                                                       "sails+padded", "sails+no-session-0"}
+                                                       "sails+padded", "sails+no-session-0", "sails+continuing"}
     assert round_["sails+fp32"]["precision"] == "fp32" and round_["sails+bf16"]["precision"] == "bf16"
     assert round_["sails"]["precision"] == "fp32"  # the quick form's 64-wide model: auto keeps fp32
     for arm in ("trl", "recipe", "sails"):
         assert round_[arm]["process_s"] > 0 and round_[arm]["peak_rss_mb"] > 0 and round_[arm]["train_loss"] > 0
     assert 0 < round_["sails"]["session_s"] < round_["sails"]["process_s"]  # the rest is start-up and exit
+    continuing = round_["sails+continuing"]  # a second session: it continues the first and asks no session 0
+    assert 0 < continuing["train_share"] < 1 and "session_0" not in {
+        phase for phase, seconds in continuing["phase_s"].items() if seconds >= 0.5}
     mfu = report["whole_process_mfu"]
     assert mfu["recipe"]["examples"] == mfu["trl"]["examples"] == 16 and mfu["sails"]["examples"] < 16  # held out
     for arm in ("trl", "sails"):  # their loss scores the answers, not the prompts
         assert mfu[arm]["scored"] < mfu[arm]["tokens"]
-    assert all(0 < mfu[arm]["mfu"] < 1 for arm in round_ if arm not in ("order", "load_average"))
+    assert all(0 < mfu[arm]["mfu"] < 1 for arm in round_ if arm not in ("order", "load_average", "sails+continuing"))
     assert set(report["recipe_over"]) == set(report["trl_over"]) == {"sails", "sails+fp32", "sails+bf16",
-                                                                     "sails+padded", "sails+no-session-0"}
+                                                                     "sails+padded", "sails+no-session-0",
+                                                                     "sails+continuing"}
 
 
 @pytest.mark.slow
