@@ -22,10 +22,13 @@ from ..console import say
 from ..data.records import Record
 from ..data.template import PromptTemplate
 from ..model_dir import store
-from .probe import ProbeScore, answer_scores, probe_items, score_probe, scoring
+from .probe import ProbeScore, answer_scores, probe_items, probe_score, scoring
 
 BASE_SESSION = 0  # the base's slices are stored as session 0's
-MAX_ANSWER_TOKENS = 48  # a longer answer is not kept: the prompts ask for short ones
+# A longer answer is not kept: the prompts ask for short ones. On SmolLM2-135M-Instruct the decisive answers are 7 to
+# 31 tokens long (all but one under 12) and 48 tokens cost a third more decoding for replay answers only
+# (BENCHMARKS.md, "Against TRL's SFTTrainer on the real base").
+MAX_ANSWER_TOKENS = 32
 SCREENED = 16  # prompts answered first; a base that ends fewer than MIN_ANSWERED of them is not asked the rest
 MIN_ANSWERED = 0.25
 # A probe answer is one the base gives decisively: each of its tokens the base's choice with at least this
@@ -109,11 +112,11 @@ def record_base(model, tokenizer, template: PromptTemplate, prompts: Sequence[st
              if answer and answer.strip()]
     scores = answer_scores(model, tokenizer, probe_items(tokenizer, template, pairs)) if pairs else []
     decisive = math.log(DECISIVE)
-    probe = [pair for pair, score in zip(pairs, scores) if score.greedy and score.weakest >= decisive]
+    probe = [(pair, score) for pair, score in zip(pairs, scores) if score.greedy and score.weakest >= decisive]
     replay = [pair for pair, score in zip(pairs, scores) if score.greedy and score.weakest < decisive]
     if not probe:
         return None
-    return BaseAnswers(probe, replay, score_probe(model, tokenizer, template, probe))
+    return BaseAnswers([pair for pair, _ in probe], replay, probe_score([score for _, score in probe]))
 
 
 def base_answers_of_session_one(work: Path, model, tokenizer, template: PromptTemplate,

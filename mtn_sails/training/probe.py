@@ -169,9 +169,13 @@ def score_probe(model, tokenizer, template: PromptTemplate, records: Sequence[Re
                 batch_size: int = 16) -> ProbeScore:
     """Greedy exact-match recall (the decoding `generate` uses) and answer log-probability, in one pass."""
     items = probe_items(tokenizer, template, [r for r in records if is_probe_record(r)])
-    if not items:
+    return probe_score(answer_scores(model, tokenizer, items, batch_size) if items else [])
+
+
+def probe_score(scores: Sequence[LabelScore]) -> ProbeScore:
+    """The recall and answer log-probability of probe answers already scored."""
+    if not scores:
         return ProbeScore(None, None, 0)
-    scores = answer_scores(model, tokenizer, items, batch_size)
     tokens = sum(score.count for score in scores)
-    return ProbeScore(sum(score.greedy for score in scores) / len(items),
-                      sum(score.logprob for score in scores) / tokens if tokens else None, len(items))
+    return ProbeScore(sum(score.greedy for score in scores) / len(scores),
+                      sum(score.logprob for score in scores) / tokens if tokens else None, len(scores))
