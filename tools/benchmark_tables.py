@@ -19,6 +19,8 @@ BENCHMARKS_MD = REPO / "BENCHMARKS.md"
 BLOCK = re.compile(r"(<!-- table (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.DOTALL)
 SCHEDULE_RUNS = ("real_base_sessions.json", "real_base_sessions_seed23_linear.json",
                  "real_base_sessions_seed11_constant.json", "real_base_sessions_seed11_linear.json")
+INTERPOLATION_RUNS = ("real_base_sessions_seed11_constant.json", "real_base_sessions_seed11_auto.json",
+                      "real_base_sessions.json", "real_base_sessions_seed23_auto.json")
 
 
 def result(name: str) -> dict:
@@ -64,18 +66,24 @@ def schedule(run: dict) -> str:
     return args[args.index("--lr-schedule") + 1] if "--lr-schedule" in args else "default (constant)"
 
 
-def schedules_table(names: tuple[str, ...] = SCHEDULE_RUNS) -> str:
+def arguments(run: dict) -> str:
+    """The options a run's sessions added to the defaults."""
+    return f"`{' '.join(run['train_args'])}`" if run["train_args"] else "defaults"
+
+
+def schedules_table(names: tuple[str, ...] = SCHEDULE_RUNS, label: Callable[[dict], str] = schedule,
+                    heading: str = "schedule") -> str:
     """Runs of the same protocol side by side: each session's epochs and recall, then what the last one left."""
     rows = []
     for run in map(result, names):
         sessions = run["sessions"]
         last = sessions[-1]
-        rows.append([str(run["seed"]), schedule(run),
+        rows.append([str(run["seed"]), label(run),
                      *(f"{stopped(row)}, {share(row['recall_now'][-1])}" for row in sessions),
                      " / ".join(share(kept) for kept in last["recall_now"][:-1]), share(last["base_kept"]),
                      share(last["general_kept"]), f"{sum(row['seconds'] for row in sessions):.0f}"])
     count = len(result(names[0])["sessions"])
-    return markdown(["seed", "schedule", *(f"session {n}: epochs (why), recall" for n in range(1, count + 1)),
+    return markdown(["seed", heading, *(f"session {n}: epochs (why), recall" for n in range(1, count + 1)),
                      "after the last: earlier sessions kept", "base kept", "general kept", "s, all sessions"], rows)
 
 
@@ -99,16 +107,19 @@ def speed_table(name: str) -> str:
         own = median.get("session_s", median.get("train_runtime_s"))
         ratios = [f"{run[key][arm]['median']:.2f}x ({run[key][arm]['best']:.2f}x)" if arm in run[key] else "—"
                   for key, _ in peers]
-        rows.append([arm, f"{median['process_s']:.1f}", f"{own:.1f}", f"{median['peak_rss_mb']:,.0f} MB",
+        share_ = f"{median['train_share']:.0%}" if "train_share" in median else "—"
+        rows.append([arm, f"{median['process_s']:.1f}", f"{own:.1f}", share_, f"{median['peak_rss_mb']:,.0f} MB",
                      f"{median['train_loss']:.2f}", *ratios,
-                     f"{mfu[arm]['mfu']:.1%} of {mfu[arm]['precision']}"])
-    return markdown(["arm", "process s", "session s (TRL: train_runtime)", "peak RSS", "training loss",
-                     *(f"{peer} s ÷ arm s (median, best)" for _, peer in peers), "whole-process MFU"], rows)
+                     f"{mfu[arm]['mfu']:.1%} of {mfu[arm]['precision']}" if arm in mfu else "—"])
+    return markdown(["arm", "process s", "session s (TRL: train_runtime)", "training steps' share", "peak RSS",
+                     "training loss", *(f"{peer} s ÷ arm s (median, best)" for _, peer in peers),
+                     "whole-process MFU"], rows)
 
 
 TABLES: dict[str, Callable[[], str]] = {
     "real_base_sessions": lambda: sessions_table("real_base_sessions.json"),
     "real_base_schedules": schedules_table,
+    "real_base_interpolation": lambda: schedules_table(INTERPOLATION_RUNS, arguments, "options"),
     "real_base_levers_decisive": lambda: arms_table("real_base_levers_decisive_seed11.json"),
     "real_base_lora_seed11": lambda: sessions_table("real_base_lora2e-4_seed11.json"),
     "session_speed_real_base": lambda: speed_table("session_speed_real_base.json"),
