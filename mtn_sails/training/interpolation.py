@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from ..data.records import Record
+from ..model_dir.session_record import SessionRecord
+from .base_answers import BASE_SESSION, BaseAnswers
 from .retention import weights_copy
 
 ALPHAS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5)  # interpolation weights tried by --interpolate auto
@@ -71,3 +74,14 @@ def settle_interpolation(model, tokenizer, template, start_weights: dict[str, An
     chosen = choose_alpha(trials)
     interpolate(model, start_weights, trained, chosen)
     return chosen
+
+
+def protected_probes(stored: dict[int, list[Record]], history: list[SessionRecord], base: BaseAnswers | None
+                     ) -> tuple[dict[int, list[Record]], dict[int, float | None]]:
+    """The probes auto interpolation protects, by session number, and each one's recall right after its own
+    session: every earlier session's and the base's (session 0, from session 1 on)."""
+    probes = {number: records for number, records in stored.items() if number != BASE_SESSION}
+    recall_before = {record.session: record.recall for record in history}
+    if base is not None:
+        probes[BASE_SESSION], recall_before[BASE_SESSION] = base.probe, base.score.recall
+    return probes, recall_before

@@ -278,20 +278,9 @@ def _say_training(session: Session, data: SessionData, examples: int, packed: bo
             f"({len(kit.frozen)} tensors)")
 
 
-def protected_probes(stored: dict[int, list[Record]], history: list[SessionRecord], base: BaseAnswers | None
-                     ) -> tuple[dict[int, list[Record]], dict[int, float | None]]:
-    """The probes auto interpolation protects, by session number, and each one's recall right after its own
-    session: every earlier session's and the base's (session 0, from session 1 on)."""
-    probes = {number: records for number, records in stored.items() if number != BASE_SESSION}
-    recall_before = {record.session: record.recall for record in history}
-    if base is not None:
-        probes[BASE_SESSION], recall_before[BASE_SESSION] = base.probe, base.score.recall
-    return probes, recall_before
-
-
 def interpolate_session(session: Session, model, start: StartModel, data: SessionData, start_weights) -> float:
     """--interpolate: the trained weights moved back towards the start; returns the weight applied."""
-    from .interpolation import settle_interpolation
+    from .interpolation import protected_probes, settle_interpolation
 
     config = session.config
     stored = store.read_slices(session.output_dir(), store.PROBE_DIR) if session.history else {}

@@ -40,7 +40,7 @@ def test_auto_interpolation_protects_the_bases_answers_from_the_first_session_on
     from mtn_sails.data.records import Record
     from mtn_sails.training.base_answers import BaseAnswers
     from mtn_sails.training.probe import ProbeScore
-    from mtn_sails.training.session import protected_probes
+    from mtn_sails.training.interpolation import protected_probes
 
     answer = Record(0, "pair", "question/answer", prompt="What is the capital of France?", response="Paris.")
     base = BaseAnswers([answer], [], ProbeScore(1.0, -0.1, 1))
