@@ -36,6 +36,7 @@ KEEP_THRESHOLD = 0.9  # an earlier session that keeps less of its probe recall t
 REPLAY_SELECTIONS = ("uniform", "targeted")
 REPLAY_DRAWS = ("epoch", "session")
 DISTILL_POSITIONS = ("answers", "replayed", "all")
+BASE_REPLAY_FROM = ("later", "first")
 # A replayed example's loss weight: at 0.1 replay, one replayed example in eleven relearns a lost answer too slowly
 # to outpace the new session; weighted it did on the forgetting benchmark (CONTINUOUS_TRAINING.md).
 REPLAY_WEIGHT = 4.0
@@ -133,6 +134,9 @@ class TrainConfig:
     base_prompts: int = option("a first session from a pretrained base first asks it up to this many bundled general "
                                "prompts; the answers it ends are session 0, the base: half a probe checked after every "
                                "session, half replayed with earlier sessions (0: no session 0)", default=BASE_PROMPTS)
+    replay_base: str = option("when session 0's answers (the base's own) are replayed: later (from session 2 on, "
+                              "with the earlier sessions') or first (in session 1 too, within --replay)",
+                              default="later", choices=BASE_REPLAY_FROM)
     keep_threshold: float = option("name each earlier session that keeps less than this share of the answers it "
                                    "gave right after training (its probe recall)", default=KEEP_THRESHOLD)
     resume: bool = option("continue an interrupted session from its last checkpoint", default=False)

@@ -137,9 +137,11 @@ def run_session(session: Session, writes: disk.Writes) -> SessionResult:
     with clock.phase("session_0"):
         data.base = settle_base(session.config, session.plan, session.history, session.work, session.processes,
                                 start, resumed=session.checkpoint is not None)
-    # Session 1 learns its data alone and only probes the base: six facts with one of the base's answers replayed
-    # (weighted like an earlier session's) did not reach their recall within --max-epochs and lost the base's
-    # general answers too. From session 2 on, the base's slice is replayed with every earlier session's.
+    # By default session 1 learns its data alone and only probes the base: six facts with one of the base's answers
+    # replayed (weighted like an earlier session's) did not reach their recall within --max-epochs and lost the
+    # base's general answers too. From session 2 on, the base's slice is replayed with every earlier session's.
+    if data.base and not session.plan.continues and session.config.replay_base == "first" and session.config.replay:
+        data.replay_pool = {BASE_SESSION: data.base.replay}
     trainer, outcome = train_session(session, data, start)
     with clock.phase("save"):
         staging = save_weights(trainer, session)
