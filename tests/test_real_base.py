@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -123,6 +124,19 @@ def test_session_0_keeps_the_bases_own_answers_and_the_table_shows_what_the_chat
     assert "  base: recall 1 -> " in printed.stdout
 
 
+def test_by_default_session_1_learns_its_data_alone_and_replay_base_first_replays_the_bases_answers(trained,
+                                                                                                     tmp_path):
+    assert not json.loads((trained / "training_history.json").read_text())["sessions"][0]["replayed_examples"]
+    output = tmp_path / "trained_model"
+    done = run_cli("train", "--data-file", str(write_qa(tmp_path / "facts.json", FACTS)), "--model-name",
+                   str(real_base_gguf()), "--output-dir", str(output), *SESSION, "--epochs", "1", "--replay-base",
+                   "first", timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    per_epoch = re.search(r"\+ (\d+) per epoch replayed from the base's own answers", done.stdout)
+    session = json.loads((output / "training_history.json").read_text())["sessions"][0]
+    assert per_epoch and session["replayed_examples"] == int(per_epoch[1]) > 0
+
+
 def test_generate_on_onnxruntime_gives_the_trained_answers(exported):
     from mtn_sails.config import GenerateConfig
     from mtn_sails.runtime.generation import generate
@@ -139,8 +153,6 @@ def test_transformers_js_in_node_gives_the_trained_answers(exported):
 
 
 def test_the_export_passes_parity_and_ships_int8_only_where_it_agrees_with_fp32(export_run):
-    import re
-
     from mtn_sails.config import GenerateConfig
     from mtn_sails.runtime.generation import generate
 

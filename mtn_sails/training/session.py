@@ -264,13 +264,18 @@ def train_session(session: Session, data: SessionData, start: StartModel):
     return trainer, dataclasses.replace(outcome, interpolation_alpha=alpha, replayed_examples=replayed, stopped=stopped)
 
 
+def replayed_from(data: SessionData) -> str:
+    """What a session's replayed examples are, as its opening line names them."""
+    return "the base's own answers" if set(data.replay_pool) == {BASE_SESSION} else "earlier sessions"
+
+
 def _say_training(session: Session, data: SessionData, examples: int, packed: bool, kit, steps: int,
                   epochs: EpochPlan) -> None:
     """The line that opens training: records, replay, held out, examples, steps, processes, rate, epochs."""
     world_size = session.processes.world_size
     until = f", until {epochs.recall_target:.0%} of its answers are recalled" if epochs.recall_target else ""
     say(f"🚀 Training on {len(data.train_rows)} records"
-        + (f" + {kit.per_epoch} per epoch replayed from earlier sessions" if kit.per_epoch else "")
+        + (f" + {kit.per_epoch} per epoch replayed from {replayed_from(data)}" if kit.per_epoch else "")
         + (f", {len(data.held_out)} held out" if data.held_out else "")
         + f" ({examples} {'blocks' if packed else 'examples'} per epoch, {'up to ' * bool(until)}{steps} optimizer "
         f"steps on {world_size} process{'es' * (world_size > 1)}) at learning rate {session.plan.learning_rate}"
