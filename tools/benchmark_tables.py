@@ -21,6 +21,9 @@ SCHEDULE_RUNS = ("real_base_sessions.json", "real_base_sessions_seed23_linear.js
                  "real_base_sessions_seed11_constant.json", "real_base_sessions_seed11_linear.json")
 INTERPOLATION_RUNS = ("real_base_sessions_seed11_constant.json", "real_base_sessions_seed11_auto.json",
                       "real_base_sessions.json", "real_base_sessions_seed23_auto.json")
+REPLAY_BASE_RUNS = ("real_base_sessions_seed11_constant.json", "real_base_sessions_seed11_replay_base_first.json",
+                    "real_base_sessions.json", "real_base_sessions_seed23_repeat.json",
+                    "real_base_sessions_seed23_replay_base_first.json")
 
 
 def result(name: str) -> dict:
@@ -71,6 +74,12 @@ def arguments(run: dict) -> str:
     return f"`{' '.join(run['train_args'])}`" if run["train_args"] else "defaults"
 
 
+def arguments_and_machine(run: dict) -> str:
+    """The options a run added, the CPU and the day it ran on (repeats of one setting told apart)."""
+    cpu = run["machine"]["cpu"].replace("(R)", "").split(" @")[0].removesuffix(" Processor")
+    return f"{arguments(run)}, {cpu}, {run['machine']['date']}"
+
+
 def schedules_table(names: tuple[str, ...] = SCHEDULE_RUNS, label: Callable[[dict], str] = schedule,
                     heading: str = "schedule") -> str:
     """Runs of the same protocol side by side: each session's epochs and recall, then what the last one left."""
@@ -87,14 +96,17 @@ def schedules_table(names: tuple[str, ...] = SCHEDULE_RUNS, label: Callable[[dic
                      "after the last: earlier sessions kept", "base kept", "general kept", "s, all sessions"], rows)
 
 
-def arms_table(name: str) -> str:
-    """One-session arms of real_base_sessions.py (a JSON of arm name to run): what each did to session 1."""
+def arms_table(name: str, timed: bool = False) -> str:
+    """One-session arms of real_base_sessions.py (a JSON of arm name to run): what each did to session 1; `timed`
+    adds the replay share and the seconds (arms run one after another on a quiet machine)."""
     rows = []
     for arm, run in result(name).items():
         row = run["sessions"][0]
         rows.append([arm if arm == "defaults" else f"`{arm}`", stopped(row), share(row["recall_now"][-1]),
-                     share(row["base_kept"]), share(row["general_kept"])])
-    return markdown(["arm", "epochs (why)", "recall (chat path)", "base kept", "general kept"], rows)
+                     share(row["base_kept"]), share(row["general_kept"]),
+                     *([f"{row['replay_share']:.3f}", f"{row['seconds']:.1f}"] if timed else [])])
+    return markdown(["arm", "epochs (why)", "recall (chat path)", "base kept", "general kept",
+                     *(["replay", "s"] if timed else [])], rows)
 
 
 def speed_table(name: str) -> str:
@@ -122,6 +134,8 @@ TABLES: dict[str, Callable[[], str]] = {
     "real_base_interpolation": lambda: schedules_table(INTERPOLATION_RUNS, arguments, "options"),
     "real_base_levers_decisive": lambda: arms_table("real_base_levers_decisive_seed11.json"),
     "real_base_lora_seed11": lambda: sessions_table("real_base_lora2e-4_seed11.json"),
+    "real_base_levers_replay_base": lambda: arms_table("real_base_levers_replay_base_seed11.json", timed=True),
+    "real_base_replay_base": lambda: schedules_table(REPLAY_BASE_RUNS, arguments_and_machine, "options, machine, day"),
     "session_speed_real_base": lambda: speed_table("session_speed_real_base.json"),
 }
 
