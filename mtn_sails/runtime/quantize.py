@@ -10,9 +10,10 @@ all when neither reaches MIN_INT8_AGREEMENT: a faster model that says something 
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -55,36 +56,51 @@ class Int8Report:
         return f"🔢 int8: top-1 next token agrees with fp32 at {measured}{form} ({sizes})"
 
 
-def quantize_int8(onnx_dir: Path, keep_fp32: Sequence[str] = ()) -> Path:
-    """Write model_quantized.onnx: int8 weights, dynamic int8 activations, nodes whose names contain one of
-    `keep_fp32` left in fp32."""
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+@contextmanager
+def prepared_for_quantization(onnx_dir: Path) -> Iterator[Path]:
+    """The fp32 graph pre-processed for quantisation, in a hidden file removed afterwards."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
-
 
     source = onnx_dir / ONNX_FILE
     prepared = source.parent / ".model_prepared.onnx"
-    target = onnx_dir / QUANTIZED_ONNX_FILE
-    external = source.with_name(source.name + "_data").exists()  # models over 2 GB keep weights beside the graph
     try:
         with quiet_exporters():
             # Pre-processing folds the Transpose that optimum puts between the tied embedding and
             # lm_head into a constant; without it the quantised embedding is dequantised whole on
             # every step and the int8 model decodes slower than fp32 (BENCHMARKS.md).
-            quant_pre_process(source, prepared, skip_symbolic_shape=True, save_as_external_data=external,
+            quant_pre_process(source, prepared, skip_symbolic_shape=True, save_as_external_data=_external(onnx_dir),
                               all_tensors_to_one_file=True)
-            graph = onnx.load(str(prepared), load_external_data=False).graph
-            named = [node.name for node in graph.node if any(part in node.name for part in keep_fp32)]
-            # quantize_dynamic first rewrites each Gemm (GPT-2's projections) as NAME_MatMul + Add, and only then
-            # looks the nodes up in nodes_to_exclude.
-            excluded = named + [name + "_MatMul" for name in named]
-            # Per-channel weights keep top-1 agreement with fp32 better than per-tensor (int8_agreement benchmark).
-            quantize_dynamic(prepared, target, weight_type=QuantType.QInt8, per_channel=True,
-                             nodes_to_exclude=excluded, use_external_data_format=external)
+        yield prepared
     finally:
         for leftover in source.parent.glob(".model_prepared.onnx*"):
             leftover.unlink()
+
+
+def _external(onnx_dir: Path) -> bool:
+    """Whether the export keeps its weights beside the graph (models over 2 GB)."""
+    source = onnx_dir / ONNX_FILE
+    return source.with_name(source.name + "_data").exists()
+
+
+def quantize_int8(onnx_dir: Path, keep_fp32: Sequence[str] = (), prepared: Path | None = None) -> Path:
+    """Write model_quantized.onnx: int8 weights, dynamic int8 activations, nodes whose names contain one of
+    `keep_fp32` left in fp32; from `prepared` (prepared_for_quantization) when given."""
+    if prepared is None:
+        with prepared_for_quantization(onnx_dir) as prepared_now:
+            return quantize_int8(onnx_dir, keep_fp32, prepared_now)
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    target = onnx_dir / QUANTIZED_ONNX_FILE
+    with quiet_exporters():
+        graph = onnx.load(str(prepared), load_external_data=False).graph
+        named = [node.name for node in graph.node if any(part in node.name for part in keep_fp32)]
+        # quantize_dynamic first rewrites each Gemm (GPT-2's projections) as NAME_MatMul + Add, and only then
+        # looks the nodes up in nodes_to_exclude.
+        excluded = named + [name + "_MatMul" for name in named]
+        # Per-channel weights keep top-1 agreement with fp32 better than per-tensor (int8_agreement benchmark).
+        quantize_dynamic(prepared, target, weight_type=QuantType.QInt8, per_channel=True,
+                         nodes_to_exclude=excluded, use_external_data_format=_external(onnx_dir))
     return target
 
 
@@ -111,10 +127,11 @@ def build_int8(onnx_dir: Path, prompts: Sequence[Sequence[int]],
     (token ids) reaches `min_agreement`; none is left when neither does."""
     fp32 = OnnxDecoder(onnx_session(onnx_dir / ONNX_FILE))
     agreement, positions = 0.0, 0
-    for keep_fp32 in ((), MLP_OUTPUT_PROJECTIONS):
-        quantized = quantize_int8(onnx_dir, keep_fp32)
-        agreement, positions = greedy_agreement(fp32, OnnxDecoder(onnx_session(quantized)), prompts)
-        if agreement >= min_agreement:
-            return Int8Report(agreement, positions, bool(keep_fp32), True, min_agreement)
+    with prepared_for_quantization(onnx_dir) as prepared:  # once for every form
+        for keep_fp32 in ((), MLP_OUTPUT_PROJECTIONS):
+            quantized = quantize_int8(onnx_dir, keep_fp32, prepared)
+            agreement, positions = greedy_agreement(fp32, OnnxDecoder(onnx_session(quantized)), prompts)
+            if agreement >= min_agreement:
+                return Int8Report(agreement, positions, bool(keep_fp32), True, min_agreement)
     (onnx_dir / QUANTIZED_ONNX_FILE).unlink()
     return Int8Report(agreement, positions, True, False, min_agreement)
