@@ -21,10 +21,12 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
+LLAMA_CPP_SITE = REPO / ".cache" / "llama_cpp" / "site"  # llama-cpp-python, built by _llama_cpp.py
 # The one sys.path change of the benchmarks. The checkout goes right after benchmarks/: its mtn_sails (the
 # venv's editable install may point at another checkout) and tools/. tests/ goes last: the model builders
-# some benchmarks share with the tests (web_model, model_families, chromium), behind every installed package.
-for _folder, _where in ((REPO, 1), (REPO / "tests", len(sys.path) + 1)):
+# some benchmarks share with the tests (web_model, model_families, chromium), behind every installed package;
+# then the benchmarks' own build of llama-cpp-python (behind the venv, so never a second numpy).
+for _folder, _where in ((REPO, 1), (REPO / "tests", len(sys.path) + 1), (LLAMA_CPP_SITE, len(sys.path) + 2)):
     if str(_folder) not in sys.path:
         sys.path.insert(_where, str(_folder))
 
@@ -103,6 +105,10 @@ def peak_rss_bytes(children: bool = False) -> int:
     """The kernel's peak resident memory of this process (or of its waited-for children), in bytes."""
     import resource
 
+    status = Path("/proc/self/status")
+    if not children and status.exists():  # VmHWM starts afresh at exec; ru_maxrss keeps the parent's peak
+        return next(int(line.split()[1]) * 1024 for line in status.read_text().splitlines()
+                    if line.startswith("VmHWM:"))
     usage = resource.getrusage(resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF)
     return usage.ru_maxrss * 1024  # KiB on Linux
 
