@@ -128,7 +128,25 @@ def speed_table(name: str) -> str:
                      "whole-process MFU"], rows)
 
 
+def generation_table(run: dict) -> str:
+    """llama_cpp_speed.py's run: per arm decode speed, its ratio to each llama.cpp arm, first-token times, memory."""
+    lengths = run["settings"]["prompt_tokens"]
+    short, long_ = sorted(lengths, key=int)
+    peers = [arm for arm in run["arms"] if arm.startswith("llama.cpp")]
+    rows = []
+    for arm, row in run["arms"].items():
+        decode = row[f"decode_tokens_per_s_{short}"]
+        rows.append([arm, f"{row['model_mb']} MB", f"{decode['median']} ({decode['best']})",
+                     *(f"{row['decode_vs'][peer]:.2f}x" for peer in peers),
+                     f"{row[f'first_token_s_{short}']['median']:.3f} s", f"{row[f'first_token_s_{long_}']['median']:.3f} s",
+                     f"{row['peak_rss_mb']:,} MB", f"{row['same_tokens_as_fp32']}/{run['settings']['new_tokens']}"])
+    return markdown(["arm", "file", f"decode tokens/s after {lengths[short]} prompt tokens (median, best)",
+                     *(f"vs {peer.split(' (')[0]}" for peer in peers), f"first token, {lengths[short]}-token prompt",
+                     f"first token, {lengths[long_]}-token prompt", "peak RSS", "greedy tokens as fp32's"], rows)
+
+
 TABLES: dict[str, Callable[[], str]] = {
+    "llama_cpp_speed": lambda: generation_table(result("llama_cpp_speed.json")),
     "real_base_sessions": lambda: sessions_table("real_base_sessions.json"),
     "real_base_schedules": schedules_table,
     "real_base_interpolation": lambda: schedules_table(INTERPOLATION_RUNS, arguments, "options"),
