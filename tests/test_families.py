@@ -157,6 +157,24 @@ def test_export_passes_parity_and_writes_int8(family_run):
     assert result.int8_agreement is not None and (family_run.onnx / "onnx" / "model_quantized.onnx").is_file()
 
 
+def test_int8_is_8_bit_weight_blocks_where_the_projections_are_matmuls_and_dynamic_for_gpt2(family_run):
+    import onnx
+
+    from mtn_sails.runtime.quantize import WEIGHT_BLOCKS, WHOLE_GRAPH
+
+    graph = onnx.load(family_run.onnx / "onnx" / "model_quantized.onnx", load_external_data=False).graph
+    blocks = [node for node in graph.node if node.op_type == "MatMulNBits"]
+    if family_run.name == "gpt2":  # Conv1D projections export as Gemm, which the weight-block quantiser skips
+        assert family_run.export.int8.form == WHOLE_GRAPH and not blocks
+        assert any(node.op_type == "MatMulInteger" for node in graph.node)
+        return
+    assert family_run.export.int8.form == WEIGHT_BLOCKS
+    layers = onnx.load(family_run.onnx / "onnx" / "model.onnx", load_external_data=False).graph
+    weighted = {node.name for node in layers.node if node.op_type == "MatMul" and "/mlp/" in node.name}
+    assert weighted and all(node.op_type != "MatMul" for node in graph.node if node.name in weighted)
+    assert {attribute.i for node in blocks for attribute in node.attribute if attribute.name == "bits"} == {8}
+
+
 def test_each_family_graph_names_its_mlp_output_projection_for_int8_to_keep_in_fp32(family_run):
     import onnx
     from transformers import AutoConfig

@@ -8,8 +8,8 @@ import pytest
 
 from mtn_sails.runtime.decoders import OnnxDecoder
 from mtn_sails.runtime.onnx_session import ONNX_FILE, QUANTIZED_ONNX_FILE, onnx_session
-from mtn_sails.runtime.quantize import (AGREEMENT_STEPS, MLP_OUTPUT_PROJECTIONS, build_int8, greedy_agreement,
-                                        quantize_int8)
+from mtn_sails.runtime.quantize import (AGREEMENT_STEPS, MLP_OUTPUT_PROJECTIONS, WHOLE_GRAPH, build_int8,
+                                        greedy_agreement, quantize_int8)
 
 pytestmark = pytest.mark.slow
 PROMPTS = [[5, 9, 14, 3], [7, 2, 30]]
@@ -52,7 +52,7 @@ def test_agreement_falls_when_the_candidate_says_something_else(onnx_copy):
 
 def test_an_int8_model_under_the_threshold_is_not_written(onnx_copy):
     report = build_int8(onnx_copy, PROMPTS, min_agreement=1.01)  # no model agrees more than always
-    assert not report.shipped and report.mlp_output_fp32
+    assert not report.shipped and report.forms_tried == 2  # GPT-2's Gemm: no weight blocks
     assert not (onnx_copy / QUANTIZED_ONNX_FILE).exists() and (onnx_copy / ONNX_FILE).is_file()
     assert not list((onnx_copy / "onnx").glob(".model_prepared*"))
     assert report.summary("").startswith("⚠️  int8 not written: its top-1 next token agrees with fp32 at only")
@@ -61,5 +61,5 @@ def test_an_int8_model_under_the_threshold_is_not_written(onnx_copy):
 def test_an_int8_model_that_agrees_is_written_whole_graph_first(onnx_copy):
     (onnx_copy / QUANTIZED_ONNX_FILE).unlink()
     report = build_int8(onnx_copy, PROMPTS, min_agreement=0.0)
-    assert report.shipped and not report.mlp_output_fp32 and (onnx_copy / QUANTIZED_ONNX_FILE).is_file()
+    assert report.shipped and report.form == WHOLE_GRAPH and (onnx_copy / QUANTIZED_ONNX_FILE).is_file()
     assert report.summary("1 MB vs 4 MB").startswith(f"🔢 int8: top-1 next token agrees with fp32 at ")
