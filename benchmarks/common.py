@@ -78,6 +78,19 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+VECTOR_EXTENSIONS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+
+
+def vector_extensions() -> list[str]:
+    """The CPU's vector extensions that change which kernels run (int8 dot products, bf16, AMX)."""
+    try:
+        flags = set(next(line for line in Path("/proc/cpuinfo").read_text().splitlines()
+                         if line.startswith("flags")).split(":", 1)[1].split())
+    except (OSError, StopIteration):
+        return []
+    return [name for name in VECTOR_EXTENSIONS if name in flags]
+
+
 def load_average() -> list[float]:
     """The 1, 5 and 15 minute load averages (other jobs on a shared machine disturb timings)."""
     return list(os.getloadavg())
@@ -88,7 +101,7 @@ def machine(*libraries: str) -> dict:
     import psutil
 
     found: dict[str, Any] = {"nproc": os.cpu_count(), "physical_cores": psutil.cpu_count(logical=False),
-                             "cpu": cpu_model(), "ram_gib": round(psutil.virtual_memory().total / 2**30, 1),
+                             "cpu": cpu_model(), "vector_extensions": vector_extensions(), "ram_gib": round(psutil.virtual_memory().total / 2**30, 1),
                              "python": platform.python_version(), "date": datetime.date.today().isoformat(),
                              "load_average_at_start": load_average()}
     for name in libraries:

@@ -7,8 +7,10 @@ The exporter's int8 gate (mtn_sails/runtime/quantize.py) measures greedy top-1 a
 prompts; this script reports each form on other prompts (the held-out general questions of
 real_base_sessions.py, never used to choose the gate's threshold or its forms) beside the gate's, with decode
 tokens/s of the `generate` decoder (batch 1, a chat-templated prompt, --new-tokens greedy steps, median of
-interleaved rounds) and the file size. Forms: the whole graph int8, and the graph with the MLP output
-projections kept in fp32 (the exporter's fallback).
+interleaved rounds), the file size, and how many of the held-out questions get fp32's answer word for word
+(free-running greedy, up to ANSWER_TOKENS tokens or the end of the turn). Forms: the exporter's three (8-bit
+weight blocks of 32, dynamic int8 on the whole graph, dynamic int8 with the MLP output projections in fp32),
+8-bit blocks of 128, and 4-bit blocks (MatMulNBits, the `--quantize int4` lever of issue 32) of 32 and 128.
 """
 from __future__ import annotations
 
@@ -21,7 +23,20 @@ import numpy as np
 from common import GENERAL, arm_statistics, interleaved_rounds, machine, script_parser, write_json
 from tools.real_base import real_base_dir
 
-FORMS = {"int8 whole graph": (), "int8, MLP output projections fp32": None}  # None: MLP_OUTPUT_PROJECTIONS
+ANSWER_TOKENS = 24
+
+
+def form_builders(onnx_dir: Path, prepared: Path) -> dict:
+    """Form name -> a call that writes that form's model_quantized.onnx from the prepared graph."""
+    from mtn_sails.runtime.quantize import MLP_OUTPUT_PROJECTIONS, quantize_int8, quantize_weight_blocks
+
+    blocks = lambda bits, size: lambda: quantize_weight_blocks(onnx_dir, prepared, size, bits)  # noqa: E731
+    return {"8-bit weight blocks of 32 (export's first form)": blocks(8, 32),
+            "8-bit weight blocks of 128": blocks(8, 128), "4-bit weight blocks of 32": blocks(4, 32),
+            "4-bit weight blocks of 128": blocks(4, 128),
+            "dynamic int8, whole graph": lambda: quantize_int8(onnx_dir, (), prepared),
+            "dynamic int8, MLP output projections fp32": lambda: quantize_int8(onnx_dir, MLP_OUTPUT_PROJECTIONS,
+                                                                               prepared)}
 
 
 def decode_speed(decoder, prompt: list[int], new_tokens: int) -> dict:
@@ -45,8 +60,8 @@ def run(args) -> dict:
     from mtn_sails.runtime.export import export
     from mtn_sails.runtime.onnx_session import quiet_exporters
     from mtn_sails.runtime.onnx_session import ONNX_FILE, onnx_session
-    from mtn_sails.runtime.quantize import (AGREEMENT_PROMPTS, MLP_OUTPUT_PROJECTIONS, greedy_agreement,
-                                            quantize_int8)
+    from mtn_sails.runtime.decode_loop import decode
+    from mtn_sails.runtime.quantize import AGREEMENT_PROMPTS, greedy_agreement, prepared_for_quantization
 
     model_dir = Path(args.model) if args.model else real_base_dir()
     tokenizer, template = load_tokenizer(model_dir, "--model"), template_beside(model_dir)
@@ -60,17 +75,23 @@ def run(args) -> dict:
         with quiet_exporters():
             export(ExportConfig(output_dir=str(model_dir), onnx_output=str(onnx_dir)))
         decoders = {"fp32": OnnxDecoder(onnx_session(onnx_dir / ONNX_FILE))}
-        for name, keep in FORMS.items():
-            path = quantize_int8(onnx_dir, MLP_OUTPUT_PROJECTIONS if keep is None else keep)
-            kept = path.with_name(f"{len(decoders)}.onnx")
-            path.rename(kept)
-            decoders[name] = OnnxDecoder(onnx_session(kept))
-            gate_share, gate_positions = greedy_agreement(decoders["fp32"], decoders[name], gate)
-            held_share, held_positions = greedy_agreement(decoders["fp32"], decoders[name], held_out)
-            report["forms"][name] = {"mb": round(kept.stat().st_size / 1e6, 1),
-                                     "gate_agreement": round(gate_share, 3), "gate_positions": gate_positions,
-                                     "held_out_agreement": round(held_share, 3), "held_out_positions": held_positions}
-            print(f"[int8_forms] {name}: {report['forms'][name]}", flush=True)
+        answer = lambda decoder, ids: decode(decoder, ids, ANSWER_TOKENS, tokenizer.eos_token_id).token_ids  # noqa: E731
+        fp32_answers = [answer(decoders["fp32"], ids) for ids in held_out]
+        with prepared_for_quantization(onnx_dir) as prepared:
+            for name, build in form_builders(onnx_dir, prepared).items():
+                path = build()
+                kept = path.with_name(f"{len(decoders)}.onnx")
+                path.rename(kept)
+                decoders[name] = OnnxDecoder(onnx_session(kept))
+                gate_share, gate_positions = greedy_agreement(decoders["fp32"], decoders[name], gate)
+                held_share, held_positions = greedy_agreement(decoders["fp32"], decoders[name], held_out)
+                same = sum(answer(decoders[name], ids) == expected for ids, expected in zip(held_out, fp32_answers))
+                report["forms"][name] = {"mb": round(kept.stat().st_size / 1e6, 1),
+                                         "gate_agreement": round(gate_share, 3), "gate_positions": gate_positions,
+                                         "held_out_agreement": round(held_share, 3),
+                                         "held_out_positions": held_positions,
+                                         "answers_as_fp32": f"{same}/{len(held_out)}"}
+                print(f"[int8_forms] {name}: {report['forms'][name]}", flush=True)
         report["forms"]["fp32"] = {"mb": round((onnx_dir / ONNX_FILE).stat().st_size / 1e6, 1)}
         arms = {name: (lambda d=decoder: decode_speed(d, gate[0], args.new_tokens)) for name, decoder in decoders.items()}
         rounds = interleaved_rounds(arms, args.rounds)

@@ -145,8 +145,22 @@ def generation_table(run: dict) -> str:
                      f"first token, {lengths[long_]}-token prompt", "peak RSS", "greedy tokens as fp32's"], rows)
 
 
+def int8_forms_table(run: dict) -> str:
+    """int8_forms.py's run: per form its file, agreement with fp32 on the gate and held-out prompts, speed."""
+    rows = []
+    for form, row in sorted(run["forms"].items(), key=lambda item: item[0] != "fp32"):
+        measured = "gate_agreement" in row
+        rows.append([form, f"{row['mb']} MB", f"{row['gate_agreement']:.3f}" if measured else "—",
+                     f"{row['held_out_agreement']:.3f}" if measured else "—", row.get("answers_as_fp32", "—"),
+                     f"{row['decode_tokens_per_s']['median']}", f"{row['vs_fp32']:.2f}x"])
+    return markdown(["form", "file", "agreement, gate prompts", "agreement, held-out questions",
+                     "held-out answers word for word as fp32's", "decode tokens/s (median)", "vs fp32"], rows)
+
+
 TABLES: dict[str, Callable[[], str]] = {
+    "int8_forms": lambda: int8_forms_table(result("int8_forms.json")),
     "llama_cpp_speed": lambda: generation_table(result("llama_cpp_speed.json")),
+    "llama_cpp_speed_epyc": lambda: generation_table(result("llama_cpp_speed_epyc.json")),
     "real_base_sessions": lambda: sessions_table("real_base_sessions.json"),
     "real_base_schedules": schedules_table,
     "real_base_interpolation": lambda: schedules_table(INTERPOLATION_RUNS, arguments, "options"),
