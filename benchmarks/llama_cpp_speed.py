@@ -120,7 +120,7 @@ def run(args) -> dict:
             exported = export(ExportConfig(output_dir=str(real_base_dir()), onnx_output=str(onnx_dir),
                                            quantize=True))
         int8 = exported.int8
-        report["export"] = {"int8_shipped": int8.shipped, "int8_mlp_output_fp32": int8.mlp_output_fp32,
+        report["export"] = {"int8_shipped": int8.shipped, "int8_form": int8.form,
                             "int8_agreement": int8.agreement, "int8_positions": int8.positions,
                             "files_mb": {name: round(size / 1e6, 1) for name, size in exported.files.items()
                                          if name.endswith(".onnx")}}
