@@ -1,7 +1,7 @@
 """The int8 model of `export --quantize`: onnxruntime's int8 quantisation, shipped only when its greedy choices
 are fp32's.
 
-Three forms, tried in order, the first whose agreement reaches MIN_INT8_AGREEMENT shipped:
+Four forms, tried in order, the first whose agreement reaches MIN_INT8_AGREEMENT shipped:
 - 8-bit weight blocks (MatMulNBits, blocks of WEIGHT_BLOCK along the input): each block of weights has its own
   scale, and activations are rounded to int8 per block of each row as well, so a few outlier activations cost
   only their own block. Only graphs whose projections are MatMul nodes (Llama, Qwen2, GPT-NeoX): the quantiser
@@ -9,6 +9,8 @@ Three forms, tried in order, the first whose agreement reaches MIN_INT8_AGREEMEN
 - dynamic int8, the whole graph: per-tensor activation scales, set by the tensor's largest value.
 - dynamic int8 with the MLP output projections kept in fp32: the input of a transformer MLP's output projection
   (after the gate or GELU) carries a few outliers far above the rest.
+- dynamic int8 with 7-bit weights (onnxruntime's reduce_range): without VNNI the CPU sums u8 x s8 products in
+  pairs in 16 bits, which saturates at full-range weights; 7-bit weights keep every pair sum in range.
 Which form agrees depends on the CPU as well as the model: on SmolLM2-135M the dynamic forms agree at about
 nine in ten on an AVX-512 VNNI Xeon and at one in four on an AVX2-only EPYC, the weight blocks at 0.97 on the
 EPYC (BENCHMARKS.md, "int8 on the real base"); the export measures on the machine it runs on and writes no int8
@@ -43,6 +45,7 @@ MLP_OUTPUT_PROJECTIONS = ("/mlp/down_proj/", "/mlp/c_proj/", "/mlp/dense_4h_to_h
 WEIGHT_BLOCK = 32  # chosen on the gate prompts of the real base: 0.97 agreement to 0.95 at 128, speed within 5%
 WEIGHT_BLOCKS, WHOLE_GRAPH, MLP_OUTPUT_FP32 = ("8-bit weight blocks", "dynamic, whole graph",
                                               "dynamic, MLP output projections kept in fp32")
+SEVEN_BIT = "dynamic, 7-bit weights"  # onnxruntime's reduce_range: no 16-bit saturation on CPUs without VNNI
 
 
 @dataclass(frozen=True)
@@ -92,12 +95,13 @@ def _external(onnx_dir: Path) -> bool:
     return source.with_name(source.name + "_data").exists()
 
 
-def quantize_int8(onnx_dir: Path, keep_fp32: Sequence[str] = (), prepared: Path | None = None) -> Path:
-    """Write model_quantized.onnx: int8 weights, dynamic int8 activations, nodes whose names contain one of
-    `keep_fp32` left in fp32; from `prepared` (prepared_for_quantization) when given."""
+def quantize_int8(onnx_dir: Path, keep_fp32: Sequence[str] = (), prepared: Path | None = None,
+                  reduce_range: bool = False) -> Path:
+    """Write model_quantized.onnx: int8 weights (7-bit with `reduce_range`), dynamic int8 activations, nodes whose
+    names contain one of `keep_fp32` left in fp32; from `prepared` (prepared_for_quantization) when given."""
     if prepared is None:
         with prepared_for_quantization(onnx_dir) as prepared_now:
-            return quantize_int8(onnx_dir, keep_fp32, prepared_now)
+            return quantize_int8(onnx_dir, keep_fp32, prepared_now, reduce_range)
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -109,7 +113,7 @@ def quantize_int8(onnx_dir: Path, keep_fp32: Sequence[str] = (), prepared: Path 
         # looks the nodes up in nodes_to_exclude.
         excluded = named + [name + "_MatMul" for name in named]
         # Per-channel weights keep top-1 agreement with fp32 better than per-tensor (int8_agreement benchmark).
-        quantize_dynamic(prepared, target, weight_type=QuantType.QInt8, per_channel=True,
+        quantize_dynamic(prepared, target, weight_type=QuantType.QInt8, per_channel=True, reduce_range=reduce_range,
                          nodes_to_exclude=excluded, use_external_data_format=_external(onnx_dir))
     return target
 
@@ -166,7 +170,8 @@ def build_int8(onnx_dir: Path, prompts: Sequence[Sequence[int]],
     with prepared_for_quantization(onnx_dir) as prepared:  # once for every form
         builders = {WEIGHT_BLOCKS: lambda: quantize_weight_blocks(onnx_dir, prepared),
                     WHOLE_GRAPH: lambda: quantize_int8(onnx_dir, (), prepared),
-                    MLP_OUTPUT_FP32: lambda: quantize_int8(onnx_dir, MLP_OUTPUT_PROJECTIONS, prepared)}
+                    MLP_OUTPUT_FP32: lambda: quantize_int8(onnx_dir, MLP_OUTPUT_PROJECTIONS, prepared),
+                    SEVEN_BIT: lambda: quantize_int8(onnx_dir, (), prepared, reduce_range=True)}
         if has_gemm_weights(prepared):
             del builders[WEIGHT_BLOCKS]
         for tried, (form, build) in enumerate(builders.items(), start=1):
