@@ -54,7 +54,7 @@ class Int8Report:
 
     agreement: float  # of the shipped form, else of the form that agreed best
     positions: int
-    form: str  # WEIGHT_BLOCKS, WHOLE_GRAPH or MLP_OUTPUT_FP32
+    form: str  # WEIGHT_BLOCKS, WHOLE_GRAPH, MLP_OUTPUT_FP32 or SEVEN_BIT
     shipped: bool  # model_quantized.onnx was written
     min_agreement: float = MIN_INT8_AGREEMENT
     forms_tried: int = 1
@@ -164,7 +164,7 @@ def greedy_agreement(reference: OnnxDecoder, candidate: OnnxDecoder, prompts: Se
 def build_int8(onnx_dir: Path, prompts: Sequence[Sequence[int]],
                min_agreement: float = MIN_INT8_AGREEMENT) -> Int8Report:
     """The int8 model of the export in `onnx_dir`, in the first form whose agreement with fp32 on `prompts`
-    (token ids) reaches `min_agreement`; none is left when neither does."""
+    (token ids) reaches `min_agreement`; none is left when no form does."""
     fp32 = OnnxDecoder(onnx_session(onnx_dir / ONNX_FILE))
     best = Int8Report(0.0, 0, WHOLE_GRAPH, False, min_agreement)
     with prepared_for_quantization(onnx_dir) as prepared:  # once for every form
