@@ -123,6 +123,9 @@ class TrainConfig:
                              "prompt tokens)", default="replayed", choices=DISTILL_POSITIONS)
     freeze_layers: int = option("freeze the embeddings and the bottom K transformer blocks (0: train everything)",
                                 default=0)
+    sparse_update: float = option("move only this share of the transformer blocks' weights, those with the largest "
+                                  "gradients on the session's own answers, and freeze the rest (0: every weight "
+                                  "moves)", default=0.0)
     interpolate: str = option("after training, move the weights back towards the start: off, auto (the weight "
                               "that keeps most earlier answers without losing the new ones, from probe recall), "
                               "or a weight in (0, 1] (WiSE-FT: start + weight x change)", default="off")
@@ -181,6 +184,9 @@ class TrainConfig:
         _require(self.replay_weight > 0, f"--replay-weight must be positive, got {self.replay_weight}")
         _require(self.distill_weight >= 0, f"--distill-weight must be 0 or positive, got {self.distill_weight}")
         _require(self.freeze_layers >= 0, f"--freeze-layers must be 0 or positive, got {self.freeze_layers}")
+        _require(0 <= self.sparse_update < 1, f"--sparse-update must be in [0, 1), got {self.sparse_update}")
+        _require(not (self.sparse_update and self.method == "lora"),
+                 "--sparse-update chooses among the model's own weights: use it with --method full")
         _require(0 <= self.warmup_ratio < 1, f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
         _require(self.interpolation_weight() != -1.0,
                  f"--interpolate must be off, auto or a weight in (0, 1], got {self.interpolate!r}")

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
 from ..errors import InputError
+from .sparse_update import decoder_blocks, restrict_updates
 
 TARGETED_SHARE = 0.75  # of each epoch's replay budget spent on the worst-scored records; the rest is uniform
 MAX_SCORED = 256  # pool records scored at the first epoch of targeted replay (a random subset of a larger pool)
@@ -195,19 +196,6 @@ def distillation_loss(student_logits, teacher_logits, positions):
     return F.kl_div(student, teacher, log_target=True, reduction="batchmean")
 
 
-def decoder_blocks(model) -> list:
-    """The model's stack of transformer blocks: its longest ModuleList whose children all share one class
-    (GPT-2's `h`, Llama's and Qwen2's `layers`, GPT-NeoX's `layers`), found without knowing attribute names."""
-    import torch
-
-    best: list = []
-    for module in model.modules():
-        if isinstance(module, torch.nn.ModuleList) and len(module) > len(best) \
-                and len({type(child) for child in module}) == 1:
-            best = list(module)
-    return best
-
-
 def freeze_bottom(model, layers: int) -> list[str]:
     """Freeze the input embeddings (and the position embeddings beside them) and the bottom `layers` blocks;
     returns the frozen parameter names. With tied input and output embeddings the output layer stays too."""
@@ -255,18 +243,21 @@ class SessionRetention:
     start_weights: dict[str, Any] | None  # for interpolation after training
     frozen: list[str]  # frozen parameter names
     per_epoch: int  # pool examples replayed each epoch
+    sparse: Any = None  # --sparse-update: a SparseUpdate (sparse_update.py), or None
 
 
-def prepare_retention(config, model, tokenizer, template, pool: dict[int, list], new_count: int,
+def prepare_retention(config, model, tokenizer, template, pool: dict[int, list], new_examples: Sequence[dict],
                       max_length: int, load_start: Callable[[], Any] | None = None) -> SessionRetention:
-    """Tokenise the replay pool and set up the sampler, the frozen layers and the start-model copy
-    (`config` is the session's TrainConfig; `pool` maps earlier session numbers to stored records;
-    `load_start` gives the session's start model when `model` is not it, as on --resume)."""
+    """Tokenise the replay pool and set up the sampler, the frozen layers or sparse update and the start-model copy
+    (`config` is the session's TrainConfig; `pool` maps earlier session numbers to stored records; `new_examples`
+    are this session's tokenised examples; `load_start` gives the session's start model when `model` is not it,
+    as on --resume)."""
     import copy
 
     from .tokenizing import tokenize_records
 
     frozen = freeze_bottom(model, config.freeze_layers) if config.freeze_layers else []
+    new_count = len(new_examples)
     sessions = [number for number in sorted(pool) for _ in pool[number]]
     records = [record for number in sorted(pool) for record in pool[number]]
     examples = tokenize_records(records, tokenizer, template, max_length) if config.replay > 0 else []
@@ -285,6 +276,8 @@ def prepare_retention(config, model, tokenizer, template, pool: dict[int, list],
         start.eval().requires_grad_(False)
     start_weights = weights_copy(start) if interpolating else None
     teacher = start if distilling else None
+    sparse = restrict_updates(model, new_examples, config.sparse_update, config.seed) if config.sparse_update \
+        else None
     return SessionRetention(examples if sampler else [], Retention(sampler, teacher, config.distill_weight,
                                                                    config.distill_on, config.replay_weight),
-                            start_weights, frozen, sampler.per_epoch if sampler else 0)
+                            start_weights, frozen, sampler.per_epoch if sampler else 0, sparse)

@@ -226,7 +226,7 @@ def train_session(session: Session, data: SessionData, start: StartModel):
     # On resume the model holds the checkpoint's weights; distillation and interpolation need the session's start.
     load_start = (lambda: load_start_model(plan, config, [], start.template)[0]) \
         if session.checkpoint and plan.continues else None
-    kit = prepare_retention(config, start.model, start.tokenizer, start.template, data.replay_pool, len(tokens.train),
+    kit = prepare_retention(config, start.model, start.tokenizer, start.template, data.replay_pool, tokens.train,
                             start.max_length, load_start)
     examples = len(tokens.train) + kit.per_epoch
     tokens.train = with_replay(tokens.train, kit.pool_examples)
@@ -283,6 +283,8 @@ def _say_training(session: Session, data: SessionData, examples: int, packed: bo
     if kit.frozen:
         say(f"🧊 Freezing the embeddings and the bottom {session.config.freeze_layers} blocks "
             f"({len(kit.frozen)} tensors)")
+    if kit.sparse is not None:
+        say(kit.sparse.line())
 
 
 def interpolate_session(session: Session, model, start: StartModel, data: SessionData, start_weights) -> float:
