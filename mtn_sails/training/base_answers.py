@@ -74,31 +74,77 @@ def _pair(index: int, prompt: str, answer: str) -> Record:
 def greedy_answers(model, tokenizer, template: PromptTemplate, prompts: Sequence[str],
                    max_new_tokens: int = MAX_ANSWER_TOKENS, batch_size: int = 64) -> list[str | None]:
     """Each prompt's greedy answer through `template`, or None where it does not end within `max_new_tokens`."""
-    import copy
-
-    import torch
-
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     items = probe_items(tokenizer, template, [_pair(i, p, ".") for i, p in enumerate(prompts)])
-    # the model's own settings with greedy decoding over them: a fresh GenerationConfig would be merged with the
-    # model's defaults, and transformers prints a note for each value it changes
-    settings = copy.deepcopy(model.generation_config)
-    settings.update(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos, pad_token_id=pad,
-                    temperature=None, top_p=None, top_k=None, max_length=None)
-    device = next(model.parameters()).device
-    answers: list[str | None] = []
+    # batches of similar lengths: a left-padded batch computes every row at its longest prompt's length
+    order = sorted(range(len(items)), key=lambda position: len(items[position].prompt_ids))
+    answers: list[str | None] = [None] * len(items)
     with scoring(model):
-        for first in range(0, len(items), batch_size):
-            prompt_ids = [item.prompt_ids for item in items[first:first + batch_size]]
-            longest = max(len(ids) for ids in prompt_ids)
-            ids = torch.tensor([[pad] * (longest - len(p)) + p for p in prompt_ids], device=device)
-            mask = torch.tensor([[0] * (longest - len(p)) + [1] * len(p) for p in prompt_ids], device=device)
-            generated = model.generate(input_ids=ids, attention_mask=mask, generation_config=settings)
-            for row in generated[:, longest:].tolist():
-                answers.append(tokenizer.decode(row[:row.index(eos)], clean_up_tokenization_spaces=False)
-                               if eos in row else None)
+        for first in range(0, len(order), batch_size):
+            batch = order[first:first + batch_size]
+            ended = greedy_batch(model, [items[position].prompt_ids for position in batch], pad, eos, max_new_tokens)
+            for position, tokens in zip(batch, ended):
+                if tokens is not None:
+                    answers[position] = tokenizer.decode(tokens, clean_up_tokenization_spaces=False)
     return answers
+
+
+def shared_prefix(prompt_ids: list[list[int]]) -> int:
+    """How many leading tokens every prompt shares (a chat template's system turn), leaving each at least one."""
+    shortest = min(len(ids) for ids in prompt_ids)
+    length = 0
+    while length < shortest - 1 and all(ids[length] == prompt_ids[0][length] for ids in prompt_ids):
+        length += 1
+    return length
+
+
+def greedy_batch(model, prompt_ids: list[list[int]], pad: int, eos: int, max_new_tokens: int) -> list[list[int] | None]:
+    """Greedy decoding with a KV cache: each row's tokens before `eos`, or None where it does not end within
+    `max_new_tokens`. The prefix every prompt shares is computed once; the rest of each prompt follows it, padded
+    on its left (masked, positions continuing the prefix's). A row leaves the batch when it ends, so the steps
+    after it cost less (transformers' generate computes every row to the last step)."""
+    import torch
+    from transformers import DynamicCache
+
+    device = next(model.parameters()).device
+    common = shared_prefix(prompt_ids)
+    cache = DynamicCache()
+    if common:
+        model(input_ids=torch.tensor([prompt_ids[0][:common]], device=device), past_key_values=cache, use_cache=True)
+        cache.batch_repeat_interleave(len(prompt_ids))
+    rests = [ids[common:] for ids in prompt_ids]
+    longest = max(len(rest) for rest in rests)
+    ids = torch.tensor([[pad] * (longest - len(r)) + r for r in rests], device=device)
+    own = torch.tensor([[0] * (longest - len(r)) + [1] * len(r) for r in rests], device=device)
+    mask = torch.cat([own.new_ones(len(rests), common), own], dim=1)
+    positions = common + (own.cumsum(-1) - 1).clamp(min=0)
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                   use_cache=True).logits[:, -1]
+    rows = list(range(len(prompt_ids)))  # the prompts still decoding, in the batch's order
+    tokens: list[list[int]] = [[] for _ in prompt_ids]
+    ended: list[list[int] | None] = [None] * len(prompt_ids)
+    following, last = logits.argmax(-1), positions[:, -1]
+    for step in range(max_new_tokens):
+        keep = []
+        for place, (row, token) in enumerate(zip(rows, following.tolist())):
+            if token == eos:
+                ended[row] = tokens[row]
+            else:
+                tokens[row].append(token)
+                keep.append(place)
+        if not keep or step == max_new_tokens - 1:
+            break
+        if len(keep) < len(rows):
+            chosen = torch.tensor(keep, device=device)
+            cache.batch_select_indices(chosen)
+            rows, mask, following, last = [rows[p] for p in keep], mask[chosen], following[chosen], last[chosen]
+        mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=1)
+        last = last + 1
+        logits = model(input_ids=following[:, None], attention_mask=mask, position_ids=last[:, None],
+                       past_key_values=cache, use_cache=True).logits[:, -1]
+        following = logits.argmax(-1)
+    return ended
 
 
 def record_base(model, tokenizer, template: PromptTemplate, prompts: Sequence[str]) -> BaseAnswers | None:

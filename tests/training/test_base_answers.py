@@ -52,6 +52,14 @@ def test_batched_answers_equal_each_prompt_answered_alone(tiny):
     assert batched == alone and batched[0] is not None
 
 
+def test_the_shared_prefix_leaves_every_prompt_a_token_of_its_own():
+    from mtn_sails.training.base_answers import shared_prefix
+
+    assert shared_prefix([[1, 2, 3, 4], [1, 2, 3, 5, 6], [1, 2, 7]]) == 2
+    assert shared_prefix([[1, 2, 3], [1, 2, 3, 4]]) == 2  # the shorter one keeps its last token to be read
+    assert shared_prefix([[5], [5]]) == 0 and shared_prefix([[1, 2], [3, 2]]) == 0
+
+
 def test_a_random_model_has_no_session_0_and_its_session_stores_none(tiny, tiny_model_dir, tmp_path):
     from mtn_sails.data.general_prompts import general_prompts
     from mtn_sails.data.template import PromptTemplate
