@@ -128,9 +128,10 @@ def test_by_default_session_1_learns_its_data_alone_and_replay_base_first_replay
                                                                                                      tmp_path):
     assert not json.loads((trained / "training_history.json").read_text())["sessions"][0]["replayed_examples"]
     output = tmp_path / "trained_model"
+    # from the dequantised directory (the .gguf path is the fixture's) and a smaller session 0: neither is the point
     done = run_cli("train", "--data-file", str(write_qa(tmp_path / "facts.json", FACTS)), "--model-name",
-                   str(real_base_gguf()), "--output-dir", str(output), *SESSION, "--epochs", "1", "--replay-base",
-                   "first", "--base-prompts", "48", timeout=900)  # a smaller session 0: its size is not the point
+                   str(real_base_dir()), "--output-dir", str(output), *SESSION, "--epochs", "1", "--replay-base",
+                   "first", "--base-prompts", "48", timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     per_epoch = re.search(r"\+ (\d+) per epoch replayed from the base's own answers", done.stdout)
     session = json.loads((output / "training_history.json").read_text())["sessions"][0]
