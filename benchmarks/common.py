@@ -281,3 +281,10 @@ def write_json(path: str | Path | None, report: dict, indent: int = 2) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def replay_share(entry: dict) -> float:
+    """Replayed examples as a share of every example a session trained on (its history entry)."""
+    replayed = entry.get("replayed_examples") or 0
+    total = entry["train_examples"] * entry["epochs"] + replayed
+    return round(replayed / total, 4) if total else 0.0

@@ -3,6 +3,15 @@
     python benchmarks/forgetting.py --json-out forgetting.json    # the BENCHMARKS.md table (3 seeds)
     python benchmarks/forgetting.py --quick                        # 1 seed, 3 arms: under 4 minutes idle
     python benchmarks/forgetting.py --levers --seeds 1             # every lever and combination, one by one
+    make real-base && python benchmarks/forgetting.py --base real --seeds 23 --arms defaults --no-reversed
+
+With `--base real` the base is SmolLM2-135M-Instruct as it comes (`make real-base`) and every session runs at
+the product's defaults (5e-5 then 1e-5, trained until its answers are recalled, session 0 first): no explicit
+rate or epochs, which would be the scratch protocol's and wreck a pretrained model. Recall is asked through the
+template stored with the model (its chat template on the real base), and two more figures come in: base kept
+(the share of session 0's decisive answers the product's own `base` row still finds) and general kept (the
+common.GENERAL questions the base answered right, still right through apply_chat_template and generate).
+Goal there (issue 29): every kept share, the newest recall and base kept >= 0.95 at <= 10% replay.
 
 Per seed, a small GPT-2 (4 blocks, 128 wide, a BPE vocabulary trained on the text) is pre-trained by the
 product on C4 documents and stripped of its history, so it is a plain base like one from the hub
@@ -38,7 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
-from common import TEXT_FILE, machine, script_parser, write_json
+from common import GENERAL, TEXT_FILE, machine, replay_share, script_parser, write_json
 
 C4 = TEXT_FILE
 GENERAL_TEXT_DOCS = 30  # the last C4 documents: never trained on, the general-text perplexity
@@ -49,6 +58,7 @@ NEW_RECALL_POINTS = 0.05  # session-3 recall may be at most this far below the n
 TIME_RATIO = 1.5  # session time against the no-replay arm's
 # The process's CPU seconds (one torch thread): wall seconds on a machine other jobs share measure their load too.
 TIME_KEY = "cpu_seconds_per_session"
+REAL_GOAL = 0.95  # issue 29, on the real base: earlier sessions kept, newest recall, base kept
 SHAPES = {"tiny": (2, 64, 4), "small": (4, 128, 4)}  # n_layer, n_embd, n_head
 warnings.filterwarnings("ignore", message="mtime may not be reliable")  # Trainer checkpoint rotation noise
 
@@ -203,15 +213,29 @@ def load(model_dir: Path):
     return AutoModelForCausalLM.from_pretrained(model_dir), AutoTokenizer.from_pretrained(model_dir)
 
 
-def recall(model, tokenizer, facts: list[dict[str, str]]) -> float:
-    """The product's probe recall of `facts` (greedy exact match with the stored template)."""
+def recall(model, tokenizer, template, facts: list[dict[str, str]]) -> float:
+    """The product's probe recall of `facts` (greedy exact match with the model's stored template)."""
     from mtn_sails.data.files import Record
     from mtn_sails.training.probe import score_probe
-    from mtn_sails.data.template import PromptTemplate
 
     records = [Record(index=i, kind="pair", shape="question/answer", prompt=f["question"], response=f["answer"])
                for i, f in enumerate(facts)]
-    return score_probe(model, tokenizer, PromptTemplate(), records, batch_size=64).recall
+    return score_probe(model, tokenizer, template, records, batch_size=64).recall
+
+
+def recall_halves(model_dir: Path, model, tokenizer, facts: list[dict[str, str]]) -> dict[str, float]:
+    """Recall of the tuning and the test half of one session's facts."""
+    from mtn_sails.data.template import template_beside
+
+    template = template_beside(model_dir)
+    return {half: recall(model, tokenizer, template, part) for half, part in halves(facts).items()}
+
+
+def general_right(model, tokenizer) -> list[bool]:
+    """Per common.GENERAL question, whether the chat path's greedy reply holds its key word."""
+    from tools.real_base import chat_answer
+
+    return [key.lower() in chat_answer(model, tokenizer, question, 24).lower() for question, key in GENERAL]
 
 
 def general_perplexity(model, tokenizer, max_length: int) -> float:
@@ -224,6 +248,15 @@ def general_perplexity(model, tokenizer, max_length: int) -> float:
     lines = C4.read_text(encoding="utf-8").splitlines()[-GENERAL_TEXT_DOCS:]
     records = [Record(index=i, kind="text", shape="text", text=json.loads(line)["text"]) for i, line in enumerate(lines)]
     return round(perplexity(evaluate_records(model, tokenizer, records, PromptTemplate(), max_length)), 1)
+
+
+def real_base(args) -> tuple[Path, dict]:
+    """The real base as it comes, with the general questions it answers right and its C4 perplexity."""
+    from tools.real_base import real_base_dir
+
+    model, tokenizer = load(real_base_dir())
+    return real_base_dir(), {"general_right": general_right(model, tokenizer),
+                             "general_ppl": general_perplexity(model, tokenizer, args.max_length)}
 
 
 def build_base(work: Path, seed: int, args) -> tuple[Path, dict]:
@@ -275,14 +308,33 @@ def fact_file(work: Path, seed: int, number: int, facts: list[dict[str, str]]) -
     return path
 
 
-def run_order(arm: Arm, base: Path, files: list[Path], facts: list[list[dict]], order: list[int], seed: int,
-              work: Path, first_sessions: dict, args) -> dict:
+def session_options(args, seed: int) -> dict:
+    """TrainConfig options every fact session shares: the scratch protocol's rate and epochs, the defaults on the
+    real base."""
+    shared = dict(eval_split=0, seed=seed, save_steps=NO_CHECKPOINTS, device=args.device)
+    if args.base == "real":
+        return shared
+    return dict(shared, learning_rate=args.learning_rate, epochs=args.epochs, batch_size=args.batch_size,
+                max_length=args.max_length)
+
+
+def real_base_kept(sessions: list[dict], general_now: list[bool], general_before: list[bool]) -> dict:
+    """After the last session: the product's base row (session 0's decisive answers kept), the general questions
+    still right, and the replay share of every session."""
+    rows = sessions[-1]["entry"].get("forgetting") or []
+    base_kept = next((row["kept"] for row in rows if row["session"] == 0), None)
+    right = sum(general_before)
+    return {"base_kept": base_kept,
+            "general_kept": sum(n and b for n, b in zip(general_now, general_before)) / right if right else None,
+            "replay_share": [replay_share(s["entry"]) for s in sessions]}
+
+
+def run_order(arm: Arm, base: Path, base_info: dict, files: list[Path], facts: list[list[dict]], order: list[int],
+              seed: int, work: Path, first_sessions: dict, args) -> dict:
     """Sessions in `order` (fact-set numbers) for one arm; recall per half after each session and at the end."""
     from mtn_sails.config import TrainConfig
 
-    common = dict(learning_rate=args.learning_rate, epochs=args.epochs, eval_split=0, seed=seed,
-                  batch_size=args.batch_size, max_length=args.max_length, save_steps=NO_CHECKPOINTS,
-                  device=args.device)
+    common = session_options(args, seed)
     model_dir = work / f"{arm.name}-seed{seed}-{''.join(map(str, order))}"
     shutil.rmtree(model_dir, ignore_errors=True)
     own, sessions = {}, []
@@ -293,21 +345,23 @@ def run_order(arm: Arm, base: Path, files: list[Path], facts: list[list[dict]], 
             sessions.append(first_sessions[key]["session"])
             own[number] = first_sessions[key]["own"]
             continue
-        if position == 0:
+        start = {"model_name": str(base)} if position == 0 and args.base == "real" else {}
+        if position == 0 and not start:
             shutil.copytree(base, model_dir)
         sessions.append(session(TrainConfig(data_file=str(files[number - 1]), output_dir=str(model_dir),
-                                            **common, **arm.settings), args.verbose))
+                                            **start, **common, **arm.settings), args.verbose))
         model, tokenizer = load(model_dir)
-        own[number] = {half: recall(model, tokenizer, part) for half, part in halves(facts[number - 1]).items()}
+        own[number] = recall_halves(model_dir, model, tokenizer, facts[number - 1])
         if position == 0:
             first_sessions[key] = {"dir": work / f"first-seed{seed}-{len(first_sessions)}", "session": sessions[0],
                                    "own": own[number]}
             shutil.copytree(model_dir, first_sessions[key]["dir"])
     model, tokenizer = load(model_dir)
-    final = {number: {half: recall(model, tokenizer, part) for half, part in halves(facts[number - 1]).items()}
-             for number in order}
+    final = {number: recall_halves(model_dir, model, tokenizer, facts[number - 1]) for number in order}
     result = summarise_order(order, own, final, sessions[1:])
     result["general_ppl"] = general_perplexity(model, tokenizer, args.max_length)
+    if args.base == "real":
+        result.update(real_base_kept(sessions, general_right(model, tokenizer), base_info["general_right"]))
     if not args.keep:
         shutil.rmtree(model_dir)
     return result
@@ -342,20 +396,20 @@ def run_joint(arm: Arm, base: Path, facts: list[list[dict]], seed: int, work: Pa
     from mtn_sails.config import TrainConfig
 
     model_dir = work / f"{arm.name}-seed{seed}"
-    shutil.copytree(base, model_dir)
+    start = {"model_name": str(base)} if args.base == "real" else {}
+    if not start:
+        shutil.copytree(base, model_dir)
     data = fact_file(work, seed, 0, [fact for session_facts in facts for fact in session_facts])
-    done = session(TrainConfig(data_file=str(data), output_dir=str(model_dir), learning_rate=args.learning_rate,
-                               epochs=args.epochs, eval_split=0, seed=seed, batch_size=args.batch_size,
-                               max_length=args.max_length, save_steps=NO_CHECKPOINTS, device=args.device,
-                               **arm.settings), args.verbose)
+    done = session(TrainConfig(data_file=str(data), output_dir=str(model_dir), **start,
+                               **session_options(args, seed), **arm.settings), args.verbose)
     model, tokenizer = load(model_dir)
     result = {"order": [0], "seconds_per_session": done["seconds"], "cpu_seconds_per_session": done["cpu_seconds"],
               "added_mb": done["added_mb"], "exposures": [0.0],
               "general_ppl": general_perplexity(model, tokenizer, args.max_length)}
+    recalls = [recall_halves(model_dir, model, tokenizer, f) for f in facts]
     for half in ("tune", "test"):
-        recalls = [recall(model, tokenizer, halves(f)[half]) for f in facts]
-        result.update({f"first_kept_{half}": recalls[0], f"second_kept_{half}": recalls[1],
-                       f"last_recall_{half}": recalls[2]})
+        result.update({f"first_kept_{half}": recalls[0][half], f"second_kept_{half}": recalls[1][half],
+                       f"last_recall_{half}": recalls[2][half]})
     shutil.rmtree(model_dir, ignore_errors=True)
     return result
 
@@ -367,11 +421,12 @@ def aggregate(runs: list[dict], half: str) -> dict:
 
     summary = {}
     for key in (f"first_kept_{half}", f"second_kept_{half}", f"last_recall_{half}", "general_ppl",
-                "seconds_per_session", "cpu_seconds_per_session", "added_mb"):
+                "seconds_per_session", "cpu_seconds_per_session", "added_mb", "base_kept", "general_kept"):
         found = values(key)
         summary[key.replace(f"_{half}", "")] = {"mean": round(statistics.mean(found), 3) if found else None,
                                                 "min": round(min(found), 3) if found else None}
     summary["exposures_max"] = max((x for r in runs for x in r["exposures"]), default=0.0)
+    summary["replay_share_max"] = max((x for r in runs for x in r.get("replay_share", [])), default=None)
     summary["runs"] = len(runs)
     return summary
 
@@ -387,6 +442,14 @@ def meets_goal(summary: dict, reference: dict) -> bool:
             and summary[TIME_KEY]["mean"] <= TIME_RATIO * reference[TIME_KEY]["mean"])
 
 
+def meets_real_goal(summary: dict) -> bool:
+    """Issue 29's goal on the real base: every kept share, the newest recall and the base's answers >= 0.95 in
+    every run, at <= 10% replay."""
+    shares = [summary[key]["min"] for key in ("first_kept", "second_kept", "last_recall", "base_kept")]
+    return (all(share is not None and share >= REAL_GOAL for share in shares)
+            and (summary["replay_share_max"] or 0.0) <= EXPOSURE_BUDGET + 1e-9)
+
+
 def run(args) -> dict:
     """Every seed's base, then every arm's runs; the summaries on the tuning and the test half."""
     work = Path(args.work_dir)
@@ -396,7 +459,7 @@ def run(args) -> dict:
     runs: dict[str, list[dict]] = {arm.name: [] for arm in arms}
     bases = {}
     for seed in args.seeds:
-        base, bases[seed] = build_base(work, seed, args)
+        base, bases[seed] = real_base(args) if args.base == "real" else build_base(work, seed, args)
         print(f"seed {seed}: base {bases[seed]}", flush=True)
         facts = make_facts(3, args.facts, seed)
         files = [fact_file(work, seed, number, f) for number, f in enumerate(facts, start=1)]
@@ -405,7 +468,7 @@ def run(args) -> dict:
             orders = [[1, 2, 3]] + ([[3, 2, 1]] if (arm.both_orders or args.every_order) and args.reversed else [])
             for order in orders:
                 result = run_joint(arm, base, facts, seed, work, args) if arm.joint else \
-                    run_order(arm, base, files, facts, order, seed, work, first_sessions, args)
+                    run_order(arm, base, bases[seed], files, facts, order, seed, work, first_sessions, args)
                 result["seed"] = seed
                 runs[arm.name].append(result)
                 print(f"  {arm.name} {result['order']}: " + ", ".join(
@@ -415,7 +478,8 @@ def run(args) -> dict:
     for half, by_arm in summaries.items():
         reference = by_arm["no-replay"] if "no-replay" in by_arm else None
         for summary in by_arm.values():
-            summary["meets_goal"] = bool(reference) and meets_goal(summary, reference)
+            summary["meets_goal"] = meets_real_goal(summary) if args.base == "real" else \
+                bool(reference) and meets_goal(summary, reference)
     return {"bases": bases, "runs": runs, "summaries": summaries,
             "settings_by_arm": {arm.name: arm.settings for arm in arms},
             "example_facts": make_facts(1, 3, args.seeds[0])[0]}
@@ -430,11 +494,14 @@ def _cell(stat: dict, percent: bool = True) -> str:
 
 def markdown(result: dict, half: str = "test") -> str:
     """The arms as a Markdown table on one half of the facts."""
-    lines = ["| arm | s1 kept | s2 kept | s3 recall | exposures | C4 ppl | CPU s / session | wall s | + MB | goal |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    real = result["settings"]["base"] == "real"
+    extra = " base kept | general kept |" if real else ""
+    lines = [f"| arm | s1 kept | s2 kept | s3 recall |{extra} exposures | C4 ppl | CPU s / session | wall s | + MB | goal |",
+             "|---|---|---|---|" + "---|" * (2 * real) + "---|---|---|---|---|---|"]
     for name, s in result["summaries"][half].items():
-        lines.append(f"| {name} | {_cell(s['first_kept'])} | {_cell(s['second_kept'])} | {_cell(s['last_recall'])} | "
-                     f"{s['exposures_max']:.3f} | {_cell(s['general_ppl'], False)} | "
+        cells = f" {_cell(s['base_kept'])} | {_cell(s['general_kept'])} |" if real else ""
+        lines.append(f"| {name} | {_cell(s['first_kept'])} | {_cell(s['second_kept'])} | {_cell(s['last_recall'])} |"
+                     f"{cells} {s['exposures_max']:.3f} | {_cell(s['general_ppl'], False)} | "
                      f"{_cell(s['cpu_seconds_per_session'], False)} | {_cell(s['seconds_per_session'], False)} | "
                      f"{_cell(s['added_mb'], False)} | "
                      f"{'yes' if s['meets_goal'] else 'no'} |")
@@ -454,6 +521,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reversed", action=argparse.BooleanOptionalAction, default=True,
                         help="run the headline arms in order 3, 2, 1 too")
     parser.add_argument("--every-order", action="store_true", help="run every arm (the levers too) in order 3, 2, 1 too")
+    parser.add_argument("--base", default="scratch", choices=["scratch", "real"],
+                        help="a small GPT-2 pre-trained here per seed, or SmolLM2-135M-Instruct at the defaults")
     parser.add_argument("--size", default="small", choices=sorted(SHAPES), help="the GPT-2 shape")
     parser.add_argument("--vocab-size", type=int, default=4000)
     parser.add_argument("--pretrain-records", type=int, default=100, help="C4 documents the base learns")
@@ -474,6 +543,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.seeds, args.facts, args.reversed = args.seeds[:1], min(args.facts, 12), False
         args.arms = args.arms or ["no-replay", "uniform-0.1", "defaults"]
+    if args.base == "real":
+        args.arms = args.arms or ["defaults"]
     import torch
 
     torch.set_num_threads(args.threads)

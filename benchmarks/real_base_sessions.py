@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from common import GENERAL, REPO, machine, script_parser, write_json
+from common import GENERAL, REPO, machine, replay_share, script_parser, write_json
 from tools.real_base import chat_answer as ask, real_base_dir, real_base_gguf
 
 SYLLABLES = ["mor", "vel", "zan", "tar", "kesh", "bre", "vik", "lun", "os", "trel", "fer", "quil", "dra", "sen",
@@ -57,12 +57,6 @@ def measure(model_dir: Path | str, sessions: list[list[tuple[str, str]]]) -> dic
     recall = [sum(ask(model, tokenizer, q) == a for q, a in facts_) / len(facts_) for facts_ in sessions]
     general = [key.lower() in ask(model, tokenizer, q, 24).lower() for q, key in GENERAL]
     return {"recall": recall, "general": general}
-
-
-def replay_share(record: dict) -> float:
-    """Replayed examples as a share of every example the session trained on."""
-    replayed = record.get("replayed_examples") or 0
-    return replayed / (record["epochs"] * record["train_examples"] + replayed)
 
 
 def run(seed: int, per_session: int, work: Path, sessions: int = 3, train_args: Sequence[str] = ()) -> dict:

@@ -4,6 +4,8 @@
     python benchmarks/train_speed.py --quick                # small shape (4x256), 8 + 4 steps per arm
     python benchmarks/train_speed.py --phases pairs --rounds 3 --round-batches 5 \
         --json-out benchmarks/results/train_speed.json      # the headline: median of 3 rounds
+    python benchmarks/train_speed.py --model-shape real-base --phases pairs --rounds 3 --round-batches 3 \
+        --json-out benchmarks/results/train_speed_real_base.json   # SmolLM2-135M-Instruct (make real-base)
 
 Arms, all fp32 on CPU, same batch size, same --max-length, same number of optimizer steps, each a fresh
 copy of one randomly initialised GPT-2 (GPT2Config n_positions=1024, shape from --model-shape). The
@@ -11,6 +13,8 @@ distilgpt2 shape uses GPT-2's own tokenizer (`--tokenizer gpt2`, benchmarks/gpt2
 embedding and LM head have distilgpt2's 50,257 rows; the other shapes use a byte-level BPE tokenizer
 trained here by `mtn_sails.training.scratch.train_tokenizer` on both data files (`--tokenizer trained`, target
 vocabulary --vocab-size; the size reached is reported, it sets the LM head's FLOPs).
+With `--model-shape real-base` every arm starts from the real base's own weights, with its tokenizer, and
+renders records through its chat template, as a session on it does.
 
   pairs/plain  tests/fixtures/alpaca_en_demo.json rendered with the product's template, tokenised with
                padding="max_length", truncation=True, max_length=512; DataCollatorForLanguageModeling(mlm=False);

@@ -1,7 +1,7 @@
 """The training arms train_speed, train_levers and train_overheads time (shared helpers, not a benchmark).
 
-An arm is a function that trains a fresh copy of one randomly initialised GPT-2 for a number of optimizer
-steps: the tutorial recipe (`plain_arm`: every example padded to max_length, the LM collator, Trainer
+An arm is a function that trains a fresh copy of one randomly initialised GPT-2 (or of the real base) for a
+number of optimizer steps: the tutorial recipe (`plain_arm`: every example padded to max_length, the LM collator, Trainer
 defaults) or mtn_sails's path (`sails_arm`: `tokenize` + `run_training`, called as a session calls them).
 Arms are instrumented only from outside the product: a TrainerCallback passed through run_training's
 `callbacks` times the steps, a forward pre-hook on the model counts real tokens, and rows already in the
@@ -27,19 +27,21 @@ from pathlib import Path
 from typing import Any, Callable
 
 from common import GPT2_SHAPES, N_POSITIONS, PAIRS_FILE, TEXT_FILE, non_embedding_params
+from tools.real_base import real_base_dir
 from gpt2_vocab import gpt2_tokenizer
 
 NO_CHECKPOINTS = 10**9  # save_steps that never comes: checkpoints are timed apart (train_overheads.py)
 EVAL_SPLIT = 0.1  # the product's default --eval-split
 LEARNING_RATE = 5e-5
+REAL_BASE = "real-base"  # SmolLM2-135M-Instruct as it comes (`make real-base`), with its tokenizer and chat template
 warnings.filterwarnings("ignore", message="mtime may not be reliable")
 warnings.filterwarnings("ignore", message=".*loss_type=None.*")
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """The options every training-speed script shares: the model, its tokenizer, the data and the batches."""
-    parser.add_argument("--model-shape", choices=sorted(GPT2_SHAPES), default=None,
-                        help="GPT-2 shape (default distilgpt2; --quick: small)")
+    parser.add_argument("--model-shape", choices=sorted(GPT2_SHAPES) + [REAL_BASE], default=None,
+                        help="GPT-2 shape (default distilgpt2; --quick: small), or the real pretrained base")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--tokenizer", choices=["gpt2", "trained"], default=None,
@@ -54,6 +56,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 def settle_model_arguments(args: argparse.Namespace) -> None:
     """Fill the defaults that depend on --quick and the shape."""
     args.model_shape = args.model_shape or ("small" if args.quick else "distilgpt2")
+    if args.model_shape == REAL_BASE:
+        args.tokenizer = "own"
     args.tokenizer = args.tokenizer or ("gpt2" if args.model_shape == "distilgpt2" else "trained")
 
 
@@ -369,19 +373,56 @@ def limited_copy(path: Path, limit: int, work: Path) -> Path:
 
 def build_setup(args, work: Path, kinds: tuple[str, ...] = ("pairs", "text")) -> tuple[Setup, dict, dict]:
     """Tokenizer, initial model and the split rows of both files (a trained tokenizer learns from both)."""
-    import torch
-    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
-
     from mtn_sails.data.files import file_sha256
     from mtn_sails.data.template import PromptTemplate
-    from mtn_sails.training.scratch import train_tokenizer
-    from mtn_sails.training.tokenizing import iter_records, records_dataset, split_dataset
+    from mtn_sails.training.tokenizing import records_dataset, split_dataset
 
     template = PromptTemplate()
     rows = {}
     for kind, path in (("pairs", PAIRS_FILE), ("text", TEXT_FILE)):
         path = limited_copy(path, args.limit_records, work)
         rows[kind] = split_dataset(records_dataset(path, file_sha256(path)), EVAL_SPLIT, args.seed)
+    if args.model_shape == REAL_BASE:
+        model, tokenizer, template, model_info = real_base_model()
+    else:
+        model, tokenizer, model_info = random_gpt2(args, rows, template, work)
+    model.loss_type = "ForCausalLM"
+    non_embedding = non_embedding_params(model)
+    model_info.update(n_params=sum(p.numel() for p in model.parameters()), n_params_non_embedding=non_embedding,
+                      attention=model.config._attn_implementation,
+                      activation=getattr(model.config, "activation_function", None)
+                      or getattr(model.config, "hidden_act", None))
+    flops_shape = {"non_embedding": non_embedding, "n_layer": model_info["n_layer"], "n_embd": model_info["n_embd"],
+                   "vocab": len(tokenizer)}
+    return Setup(args, tokenizer, model, template, work), rows, {"model": model_info, "flops_shape": flops_shape}
+
+
+def real_base_model():
+    """The real base as a session loads it: its weights, its tokenizer, its chat template; and its description."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from mtn_sails.data.template import chat_template_of
+
+    started = time.perf_counter()
+    tokenizer = AutoTokenizer.from_pretrained(real_base_dir())
+    tokenizer_s = time.perf_counter() - started
+    model = AutoModelForCausalLM.from_pretrained(real_base_dir(), dtype="float32")
+    config = model.config
+    info = {"shape": REAL_BASE, "n_layer": config.num_hidden_layers, "n_embd": config.hidden_size,
+            "n_head": config.num_attention_heads, "n_positions": config.max_position_embeddings,
+            "vocab_size": len(tokenizer), "vocab_target": len(tokenizer), "tokenizer_s": round(tokenizer_s, 2),
+            "tokenizer": "SmolLM2-135M-Instruct's own, records through its chat template"}
+    return model, tokenizer, chat_template_of(tokenizer), info
+
+
+def random_gpt2(args, rows: dict, template, work: Path):
+    """A randomly initialised GPT-2 of --model-shape and its tokenizer (GPT-2's own or one trained here)."""
+    import torch
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    from mtn_sails.training.scratch import train_tokenizer
+    from mtn_sails.training.tokenizing import iter_records
+
     started = time.perf_counter()
     if args.tokenizer == "gpt2":
         tokenizer = gpt2_tokenizer()
@@ -404,17 +445,10 @@ def build_setup(args, work: Path, kinds: tuple[str, ...] = ("pairs", "text")) ->
                         pad_token_id=tokenizer.eos_token_id)
     torch.manual_seed(args.seed)
     model = GPT2LMHeadModel(config)
-    model.loss_type = "ForCausalLM"
-    total = sum(p.numel() for p in model.parameters())
-    non_embedding = non_embedding_params(model)
-    model_info = {"shape": args.model_shape, **shape, "n_positions": N_POSITIONS, "vocab_size": len(tokenizer),
-                  "vocab_target": args.vocab_size if args.tokenizer == "trained" else len(tokenizer),
-                  "n_params": total, "n_params_non_embedding": non_embedding,
-                  "tokenizer": described, "tokenizer_s": round(tokenizer_s, 2),
-                  "attention": model.config._attn_implementation, "activation": model.config.activation_function}
-    flops_shape = {"non_embedding": non_embedding, "n_layer": shape["n_layer"], "n_embd": shape["n_embd"],
-                   "vocab": len(tokenizer)}
-    return Setup(args, tokenizer, model, template, work), rows, {"model": model_info, "flops_shape": flops_shape}
+    return model, tokenizer, {"shape": args.model_shape, **shape, "n_positions": N_POSITIONS,
+                              "vocab_size": len(tokenizer),
+                              "vocab_target": args.vocab_size if args.tokenizer == "trained" else len(tokenizer),
+                              "tokenizer": described, "tokenizer_s": round(tokenizer_s, 2)}
 
 
 def print_model(report: dict) -> None:

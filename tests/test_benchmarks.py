@@ -246,6 +246,30 @@ def test_the_real_base_benchmark_asks_general_questions_session_0_never_saw(monk
     assert len(bench.GENERAL) >= 12 and not {question for question, _ in bench.GENERAL} & set(general_prompts())
 
 
+def test_the_forgetting_benchmark_runs_the_real_base_at_the_products_defaults(monkeypatch):
+    bench = load_benchmark("forgetting", monkeypatch)
+    args = bench.argparse.Namespace(base="real", device="cpu", learning_rate=2e-3, epochs=80.0, batch_size=8,
+                                    max_length=64)
+    assert bench.session_options(args, 5) == {"eval_split": 0, "seed": 5, "save_steps": bench.NO_CHECKPOINTS,
+                                              "device": "cpu"}  # no scratch rate, epochs or length
+    args.base = "scratch"
+    assert bench.session_options(args, 5)["learning_rate"] == 2e-3
+    sessions = [{"entry": {"train_examples": 12, "epochs": 10, "replayed_examples": 10,
+                           "forgetting": [{"session": 0, "kept": 0.5}, {"session": 1, "kept": 1.0}]}}]
+    kept = bench.real_base_kept(sessions, [True, False, True], [True, True, False])
+    assert kept == {"base_kept": 0.5, "general_kept": 0.5, "replay_share": [round(10 / 130, 4)]}
+    summary = {key: {"min": 1.0} for key in ("first_kept", "second_kept", "last_recall", "base_kept")}
+    assert bench.meets_real_goal({**summary, "replay_share_max": 0.08})
+    assert not bench.meets_real_goal({**summary, "replay_share_max": 0.2})
+    assert not bench.meets_real_goal({**summary, "base_kept": {"min": 0.9}, "replay_share_max": 0.08})
+
+
+def test_the_training_speed_arms_take_the_real_base_with_its_chat_template(monkeypatch):
+    arms = load_benchmark("training_arms", monkeypatch)
+    model, tokenizer, template, info = arms.real_base_model()
+    assert template.kind == "chat" and info["n_layer"] == model.config.num_hidden_layers == 30
+    assert info["vocab_size"] == len(tokenizer) == model.config.vocab_size
+
 # ------------------------------------------------------------------------------ BENCHMARKS.md's generated tables
 
 

@@ -157,6 +157,34 @@ def int8_forms_table(run: dict) -> str:
                      "held-out answers word for word as fp32's", "decode tokens/s (median)", "vs fp32"], rows)
 
 
+def train_rounds_table(run: dict) -> str:
+    """train_speed.py's rounds: per round each arm's real tokens/s and padding, the ratio; the median round last."""
+    def cells(arms: dict) -> list[str]:
+        plain, sails = arms["pairs/plain"], arms["pairs/sails"]
+        return [f"{plain['real_tokens_per_s']:.1f} ({plain['padding_fraction']:.1%})",
+                f"{sails['real_tokens_per_s']:.1f} ({sails['padding_fraction']:.1%}, {sails['mean_padded_length']:.0f})",
+                f"{sails['mfu_with_lm_head']:.1%}"]
+
+    ratios = run["ratios"]["pairs_sails_over_plain_rounds"]
+    rows = [[str(r["round"]), *cells(r["arms"]), f"{ratio:.2f}x"] for r, ratio in zip(run["rounds"], ratios)]
+    rows.append(["**median**", *cells(run["arms"]), f"**{run['ratios']['pairs_sails_over_plain']:.2f}x**"])
+    return markdown(["round", "recipe real tokens/s (padding)", "mtn_sails real tokens/s (padding, mean padded length)",
+                     "mtn_sails MFU, output layer at every real token", "ratio"], rows)
+
+
+def forgetting_table(run: dict, half: str = "test") -> str:
+    """forgetting.py's arms on one half of the facts: mean (lowest) kept, recall, the base's rows, replay."""
+    def cell(stat: dict) -> str:
+        return "—" if stat["mean"] is None else f"{stat['mean']:.2f} ({stat['min']:.2f})"
+
+    rows = [[name, cell(s["first_kept"]), cell(s["second_kept"]), cell(s["last_recall"]), cell(s["base_kept"]),
+             cell(s["general_kept"]), f"{s['replay_share_max']:.3f}", f"{s['seconds_per_session']['mean']:.0f}",
+             "yes" if s["meets_goal"] else "no"]
+            for name, s in run["summaries"][half].items()]
+    return markdown(["arm", "s1 kept", "s2 kept", "s3 recall", "base kept", "general kept", "replay (most)",
+                     "s / continued session", "goal"], rows)
+
+
 TABLES: dict[str, Callable[[], str]] = {
     "int8_forms": lambda: int8_forms_table(result("int8_forms.json")),
     "llama_cpp_speed": lambda: generation_table(result("llama_cpp_speed.json")),
@@ -170,6 +198,8 @@ TABLES: dict[str, Callable[[], str]] = {
     "real_base_levers_epyc": lambda: arms_table("real_base_levers_epyc_seed11.json", timed=True),
     "real_base_replay_base": lambda: schedules_table(REPLAY_BASE_RUNS, arguments_and_machine, "options, machine, day"),
     "session_speed_real_base": lambda: speed_table("session_speed_real_base.json"),
+    "train_speed_real_base": lambda: train_rounds_table(result("train_speed_real_base.json")),
+    "forgetting_real_base": lambda: forgetting_table(result("forgetting_real_base.json")),
 }
 
 
