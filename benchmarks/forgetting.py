@@ -326,6 +326,7 @@ def real_base_kept(sessions: list[dict], general_now: list[bool], general_before
     right = sum(general_before)
     return {"base_kept": base_kept,
             "general_kept": sum(n and b for n, b in zip(general_now, general_before)) / right if right else None,
+            "general_now": general_now,
             "replay_share": [replay_share(s["entry"]) for s in sessions]}
 
 
@@ -543,8 +544,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.seeds, args.facts, args.reversed = args.seeds[:1], min(args.facts, 12), False
         args.arms = args.arms or ["no-replay", "uniform-0.1", "defaults"]
-    if args.base == "real":
+    if args.base == "real":  # the product's own rate, epochs, batch and length: the scratch protocol's are unused
         args.arms = args.arms or ["defaults"]
+        args.epochs = args.learning_rate = args.batch_size = args.size = args.vocab_size = None
+        args.pretrain_records = args.pretrain_epochs = args.pretrain_learning_rate = None
     import torch
 
     torch.set_num_threads(args.threads)

@@ -2,13 +2,15 @@
 
     make real-base && python benchmarks/int8_forms.py --json-out benchmarks/results/int8_forms.json
     python benchmarks/int8_forms.py --model DIR       # a model you trained (mtn-sails train)
+    python benchmarks/int8_forms.py --model DIR --facts FILE   # and the questions it was trained on
 
 The exporter's int8 gate (mtn_sails/runtime/quantize.py) measures greedy top-1 agreement on its own eight
 prompts; this script reports each form on other prompts (the held-out general questions of
 real_base_sessions.py, never used to choose the gate's threshold or its forms) beside the gate's, with decode
 tokens/s of the `generate` decoder (batch 1, a chat-templated prompt, --new-tokens greedy steps, median of
 interleaved rounds), the file size, and how many of the held-out questions get fp32's answer word for word
-(free-running greedy, up to ANSWER_TOKENS tokens or the end of the turn). Forms: the exporter's three (8-bit
+(free-running greedy, up to ANSWER_TOKENS tokens or the end of the turn); with --facts, the same for the
+questions of the file the model was trained on, and how many of them fp32 itself answers as trained. Forms: the exporter's three (8-bit
 weight blocks of 32, dynamic int8 on the whole graph, dynamic int8 with the MLP output projections in fp32),
 8-bit blocks of 128, and 4-bit blocks (MatMulNBits, the `--quantize int4` lever of issue 32) of 32 and 128.
 """
@@ -54,6 +56,7 @@ def decode_speed(decoder, prompt: list[int], new_tokens: int) -> dict:
 def run(args) -> dict:
     """Export fp32, quantise each form, measure agreement and speed; the report as a dict."""
     from mtn_sails.config import ExportConfig
+    from mtn_sails.data.files import load_records
     from mtn_sails.data.template import template_beside
     from mtn_sails.model_dir.model_files import load_tokenizer
     from mtn_sails.runtime.decoders import OnnxDecoder
@@ -67,6 +70,8 @@ def run(args) -> dict:
     tokenizer, template = load_tokenizer(model_dir, "--model"), template_beside(model_dir)
     encode = lambda texts: [tokenizer.encode(template.prompt(text)) for text in texts]  # noqa: E731
     gate, held_out = encode(AGREEMENT_PROMPTS), encode([question for question, _ in GENERAL])
+    trained = [(r.prompt, r.response) for r in load_records(Path(args.facts)) if r.kind == "pair"] if args.facts else []
+    fact_prompts = encode([question for question, _ in trained])
     report: dict = {"machine": machine("torch", "onnxruntime"), "model": str(model_dir) if args.model else
                     "SmolLM2-135M-Instruct (real base)", "settings": {"new_tokens": args.new_tokens,
                                                                       "rounds": args.rounds}, "forms": {}}
@@ -77,6 +82,11 @@ def run(args) -> dict:
         decoders = {"fp32": OnnxDecoder(onnx_session(onnx_dir / ONNX_FILE))}
         answer = lambda decoder, ids: decode(decoder, ids, ANSWER_TOKENS, tokenizer.eos_token_id).token_ids  # noqa: E731
         fp32_answers = [answer(decoders["fp32"], ids) for ids in held_out]
+        fp32_facts = [answer(decoders["fp32"], ids) for ids in fact_prompts]
+        if trained:
+            right = sum(tokenizer.decode(ids, skip_special_tokens=True).strip() == expected
+                        for ids, (_, expected) in zip(fp32_facts, trained))
+            report["facts"] = {"file": Path(args.facts).name, "count": len(trained), "fp32_as_trained": right}
         with prepared_for_quantization(onnx_dir) as prepared:
             for name, build in form_builders(onnx_dir, prepared).items():
                 path = build()
@@ -91,6 +101,10 @@ def run(args) -> dict:
                                          "held_out_agreement": round(held_share, 3),
                                          "held_out_positions": held_positions,
                                          "answers_as_fp32": f"{same}/{len(held_out)}"}
+                if trained:
+                    same_facts = sum(answer(decoders[name], ids) == expected
+                                     for ids, expected in zip(fact_prompts, fp32_facts))
+                    report["forms"][name]["facts_as_fp32"] = f"{same_facts}/{len(trained)}"
                 print(f"[int8_forms] {name}: {report['forms'][name]}", flush=True)
         report["forms"]["fp32"] = {"mb": round((onnx_dir / ONNX_FILE).stat().st_size / 1e6, 1)}
         arms = {name: (lambda d=decoder: decode_speed(d, gate[0], args.new_tokens)) for name, decoder in decoders.items()}
@@ -105,6 +119,7 @@ def run(args) -> dict:
 def main() -> int:
     parser = script_parser(__doc__)
     parser.add_argument("--model", default=None, help="a trained model directory (default: the real base)")
+    parser.add_argument("--facts", default=None, help="the data file --model was trained on: its questions too")
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--json-out", default=None)

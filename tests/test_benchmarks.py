@@ -257,7 +257,8 @@ def test_the_forgetting_benchmark_runs_the_real_base_at_the_products_defaults(mo
     sessions = [{"entry": {"train_examples": 12, "epochs": 10, "replayed_examples": 10,
                            "forgetting": [{"session": 0, "kept": 0.5}, {"session": 1, "kept": 1.0}]}}]
     kept = bench.real_base_kept(sessions, [True, False, True], [True, True, False])
-    assert kept == {"base_kept": 0.5, "general_kept": 0.5, "replay_share": [round(10 / 130, 4)]}
+    assert kept == {"base_kept": 0.5, "general_kept": 0.5, "general_now": [True, False, True],
+                    "replay_share": [round(10 / 130, 4)]}
     summary = {key: {"min": 1.0} for key in ("first_kept", "second_kept", "last_recall", "base_kept")}
     assert bench.meets_real_goal({**summary, "replay_share_max": 0.08})
     assert not bench.meets_real_goal({**summary, "replay_share_max": 0.2})
