@@ -84,7 +84,7 @@ def run(args) -> dict:
         fp32_answers = [answer(decoders["fp32"], ids) for ids in held_out]
         fp32_facts = [answer(decoders["fp32"], ids) for ids in fact_prompts]
         if trained:
-            right = sum(tokenizer.decode(ids, skip_special_tokens=True).strip() == expected
+            right = sum(tokenizer.decode(ids).strip() == expected
                         for ids, (_, expected) in zip(fp32_facts, trained))
             report["facts"] = {"file": Path(args.facts).name, "count": len(trained), "fp32_as_trained": right}
         with prepared_for_quantization(onnx_dir) as prepared:

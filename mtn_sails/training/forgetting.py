@@ -83,11 +83,15 @@ def lost_answers(rows: list[ForgettingRow], threshold: float = KEEP_THRESHOLD) -
     return [row for row in rows if row.kept is not None and row.kept < threshold]
 
 
-def retention_advice(replay: float) -> str:
-    """What to change so that a later session keeps more of the earlier answers than this one did."""
+def retention_advice(replay: float, base_unreplayed: bool = False) -> str:
+    """What to change so that a later session keeps more of the earlier answers than this one did;
+    `base_unreplayed`: the base lost answers in a session that replayed none of them (session 1, --replay-base later)."""
+    where = "CONTINUOUS_TRAINING.md, 'Keeping what was learned'"
+    if base_unreplayed:  # more --replay has nothing to draw from in session 1: only the base's own answers can come back
+        return (f"train session 1 with --replay-base first to replay the base's own answers (it kept more of them "
+                f"on SmolLM2, not all); {where}")
     more_replay = max(round(2 * replay, 3), 0.1)
-    return (f"train it with --replay {more_replay:g} to keep more of them (this session: --replay {replay:g}); "
-            "CONTINUOUS_TRAINING.md, 'Keeping what was learned'")
+    return f"train it with --replay {more_replay:g} to keep more of them (this session: --replay {replay:g}); {where}"
 
 
 def evaluate_records(model, tokenizer, records: list[Record], template: PromptTemplate, max_length: int,

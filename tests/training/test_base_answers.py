@@ -96,5 +96,10 @@ def test_the_base_row_is_named_base_in_the_tables_and_the_warning(capsys):
     assert forgetting_line(row).startswith("  base: recall 1 -> 0.5, kept 50%")
     assert any(line.startswith("| base | 0.5") for line in forgetting_matrix([session], "recall"))
     report_session(session, __import__("pathlib").Path("m"), None, TrainConfig(data_file="x.json"))
-    assert "⚠️  The base lost its own answers to general prompts: recall 1.00 -> 0.50 (keeps 50%" \
-        in capsys.readouterr().out
+    warning = capsys.readouterr().out
+    assert "⚠️  The base lost its own answers to general prompts: recall 1.00 -> 0.50 (keeps 50%" in warning
+    # session 1 replays none of the base's answers by default: more --replay would draw nothing, so it is not advised
+    assert "train session 1 with --replay-base first" in warning and "--replay 0.2" not in warning
+    later = SessionRecord(2, recall=1.0, probe_count=6, forgetting=[row])
+    report_session(later, __import__("pathlib").Path("m"), None, TrainConfig(data_file="x.json"))
+    assert "train it with --replay 0.2 to keep more of them" in capsys.readouterr().out
