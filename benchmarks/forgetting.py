@@ -126,7 +126,7 @@ class Arm:
 
     def first_session_key(self) -> str:
         """What session 1 depends on (it has nothing earlier to replay, distil or choose a weight against)."""
-        keys = ("freeze_layers", "lr_schedule", "warmup_ratio", "method")
+        keys = ("freeze_layers", "lr_schedule", "warmup_ratio", "method", "replay_base")
         fixed = {k: self.settings[k] for k in keys if k in self.settings}
         weight = self.settings.get("interpolate", "off")
         if weight not in ("off", "auto"):
@@ -169,6 +169,8 @@ LEVERS = [
     # LoRA (rank 8, merged after every session): how much an adapter's low rank alone protects (issue 16)
     Arm("lora-no-replay", {**TODAY, **NO_REPLAY, "method": "lora"}),
     Arm("lora-defaults", {"method": "lora"}),
+    # a pretrained base (--base real): session 1 replays the base's own answers too (session 0's replay slice)
+    Arm("replay-base-first", {"replay_base": "first"}),
 ]
 
 

@@ -190,6 +190,7 @@ def forgetting_table(run: dict, half: str = "test") -> str:
 
 TABLES: dict[str, Callable[[], str]] = {
     "int8_forms": lambda: int8_forms_table(result("int8_forms.json")),
+    "int8_forms_trained": lambda: int8_forms_table(result("int8_forms_trained.json")),
     "llama_cpp_speed": lambda: generation_table(result("llama_cpp_speed.json")),
     "llama_cpp_speed_epyc": lambda: generation_table(result("llama_cpp_speed_epyc.json")),
     "real_base_sessions": lambda: sessions_table("real_base_sessions.json"),
