@@ -204,6 +204,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "session_speed_real_base": lambda: speed_table("session_speed_real_base.json"),
     "train_speed_real_base": lambda: train_rounds_table(result("train_speed_real_base.json")),
     "forgetting_real_base": lambda: forgetting_table(result("forgetting_real_base.json")),
+    "forgetting_real_base_seed11": lambda: forgetting_table(result("forgetting_real_base_seed11.json")),
 }
 
 
