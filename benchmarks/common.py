@@ -288,3 +288,10 @@ def replay_share(entry: dict) -> float:
     replayed = entry.get("replayed_examples") or 0
     total = entry["train_examples"] * entry["epochs"] + replayed
     return round(replayed / total, 4) if total else 0.0
+
+
+def general_right(model, tokenizer) -> list[bool]:
+    """Per GENERAL question, whether the chat path's greedy reply (apply_chat_template, generate) holds its key word."""
+    from tools.real_base import chat_answer
+
+    return [key.lower() in chat_answer(model, tokenizer, question, 24).lower() for question, key in GENERAL]

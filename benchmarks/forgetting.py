@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
-from common import GENERAL, TEXT_FILE, machine, replay_share, script_parser, write_json
+from common import TEXT_FILE, general_right, machine, replay_share, script_parser, write_json
 
 C4 = TEXT_FILE
 GENERAL_TEXT_DOCS = 30  # the last C4 documents: never trained on, the general-text perplexity
@@ -233,13 +233,6 @@ def recall_halves(model_dir: Path, model, tokenizer, facts: list[dict[str, str]]
     return {half: recall(model, tokenizer, template, part) for half, part in halves(facts).items()}
 
 
-def general_right(model, tokenizer) -> list[bool]:
-    """Per common.GENERAL question, whether the chat path's greedy reply holds its key word."""
-    from tools.real_base import chat_answer
-
-    return [key.lower() in chat_answer(model, tokenizer, question, 24).lower() for question, key in GENERAL]
-
-
 def general_perplexity(model, tokenizer, max_length: int) -> float:
     """Perplexity of the last C4 documents (never trained on), as the product evaluates plain text."""
     from mtn_sails.data.files import Record
@@ -320,6 +313,15 @@ def session_options(args, seed: int) -> dict:
                 max_length=args.max_length)
 
 
+def start_from(base: Path, model_dir: Path, args) -> dict:
+    """How a first session starts from `base`: the real base named as --model-name (its session 0 runs), a scratch
+    base copied into the model directory."""
+    if args.base == "real":
+        return {"model_name": str(base)}
+    shutil.copytree(base, model_dir)
+    return {}
+
+
 def real_base_kept(sessions: list[dict], general_now: list[bool], general_before: list[bool]) -> dict:
     """After the last session: the product's base row (session 0's decisive answers kept), the general questions
     still right, and the replay share of every session."""
@@ -348,9 +350,7 @@ def run_order(arm: Arm, base: Path, base_info: dict, files: list[Path], facts: l
             sessions.append(first_sessions[key]["session"])
             own[number] = first_sessions[key]["own"]
             continue
-        start = {"model_name": str(base)} if position == 0 and args.base == "real" else {}
-        if position == 0 and not start:
-            shutil.copytree(base, model_dir)
+        start = start_from(base, model_dir, args) if position == 0 else {}
         sessions.append(session(TrainConfig(data_file=str(files[number - 1]), output_dir=str(model_dir),
                                             **start, **common, **arm.settings), args.verbose))
         model, tokenizer = load(model_dir)
@@ -399,9 +399,7 @@ def run_joint(arm: Arm, base: Path, facts: list[list[dict]], seed: int, work: Pa
     from mtn_sails.config import TrainConfig
 
     model_dir = work / f"{arm.name}-seed{seed}"
-    start = {"model_name": str(base)} if args.base == "real" else {}
-    if not start:
-        shutil.copytree(base, model_dir)
+    start = start_from(base, model_dir, args)
     data = fact_file(work, seed, 0, [fact for session_facts in facts for fact in session_facts])
     done = session(TrainConfig(data_file=str(data), output_dir=str(model_dir), **start,
                                **session_options(args, seed), **arm.settings), args.verbose)

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from common import GENERAL, REPO, machine, replay_share, script_parser, write_json
+from common import GENERAL, REPO, general_right, machine, replay_share, script_parser, write_json
 from tools.real_base import chat_answer as ask, real_base_dir, real_base_gguf
 
 SYLLABLES = ["mor", "vel", "zan", "tar", "kesh", "bre", "vik", "lun", "os", "trel", "fer", "quil", "dra", "sen",
@@ -55,8 +55,7 @@ def measure(model_dir: Path | str, sessions: list[list[tuple[str, str]]]) -> dic
 
     model, tokenizer = AutoModelForCausalLM.from_pretrained(model_dir).eval(), AutoTokenizer.from_pretrained(model_dir)
     recall = [sum(ask(model, tokenizer, q) == a for q, a in facts_) / len(facts_) for facts_ in sessions]
-    general = [key.lower() in ask(model, tokenizer, q, 24).lower() for q, key in GENERAL]
-    return {"recall": recall, "general": general}
+    return {"recall": recall, "general": general_right(model, tokenizer)}
 
 
 def run(seed: int, per_session: int, work: Path, sessions: int = 3, train_args: Sequence[str] = ()) -> dict:
