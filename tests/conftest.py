@@ -2,12 +2,19 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 
 from helpers import QA_PAIRS, REALDATA, write_qa
+
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    # Each worker and the processes it starts get their share of the cores: torch's default of one thread per
+    # core in every worker would run twice as many threads as there are cores.
+    _share = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ.setdefault("OMP_NUM_THREADS", str(_share))
 
 
 @pytest.fixture(scope="session")
