@@ -52,6 +52,20 @@ def test_batched_answers_equal_each_prompt_answered_alone(tiny):
     assert batched == alone and batched[0] is not None
 
 
+def test_a_larger_model_decodes_fewer_prompts_at_once_within_the_cache_budget():
+    from transformers import GPT2Config, LlamaConfig
+
+    from mtn_sails.training.base_answers import KV_CACHE_BUDGET, MAX_DECODE_ROWS, decode_rows
+
+    smollm2_135m = LlamaConfig(hidden_size=576, num_attention_heads=9, num_key_value_heads=3, num_hidden_layers=30)
+    smollm2_1_7b = LlamaConfig(hidden_size=2048, num_attention_heads=32, num_key_value_heads=32,
+                               num_hidden_layers=24)
+    assert decode_rows(smollm2_135m, 100) == MAX_DECODE_ROWS
+    rows = decode_rows(smollm2_1_7b, 100)
+    assert 8 <= rows < MAX_DECODE_ROWS and rows * 24 * 2 * 2048 * 100 * 4 <= KV_CACHE_BUDGET
+    assert decode_rows(GPT2Config(n_layer=2, n_embd=64, n_head=2), 100) == MAX_DECODE_ROWS
+
+
 def test_the_shared_prefix_leaves_every_prompt_a_token_of_its_own():
     from mtn_sails.training.base_answers import shared_prefix
 
