@@ -127,6 +127,8 @@ class Arm:
     def first_session_key(self) -> str:
         """What session 1 depends on (it has nothing earlier to replay, distil or choose a weight against)."""
         keys = ("freeze_layers", "lr_schedule", "warmup_ratio", "method", "replay_base")
+        if self.settings.get("replay_base") == "first":  # session 1 replays the base: how it replays matters too
+            keys += ("replay", "replay_select", "replay_draw", "replay_weight", "distill_weight", "distill_on")
         fixed = {k: self.settings[k] for k in keys if k in self.settings}
         weight = self.settings.get("interpolate", "off")
         if weight not in ("off", "auto"):
@@ -171,6 +173,9 @@ LEVERS = [
     Arm("lora-defaults", {"method": "lora"}),
     # a pretrained base (--base real): session 1 replays the base's own answers too (session 0's replay slice)
     Arm("replay-base-first", {"replay_base": "first"}),
+    # the stored answers whose prompts share most words with the session's: what the session pulls on
+    Arm("nearest", {"replay_select": "nearest"}),
+    Arm("replay-base-first-nearest", {"replay_base": "first", "replay_select": "nearest"}),
 ]
 
 

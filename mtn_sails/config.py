@@ -33,7 +33,7 @@ BASE_PROMPTS = 256  # general prompts a pretrained base answers as session 0 (al
 # every one of a session's many short epochs it costs more than the training a crash could lose.
 CHECKPOINT_MINUTES = 5.0
 KEEP_THRESHOLD = 0.9  # an earlier session that keeps less of its probe recall than this is named at the end
-REPLAY_SELECTIONS = ("uniform", "targeted")
+REPLAY_SELECTIONS = ("uniform", "targeted", "nearest")
 REPLAY_DRAWS = ("epoch", "session")
 DISTILL_POSITIONS = ("answers", "replayed", "all")
 BASE_REPLAY_FROM = ("later", "first")
@@ -108,8 +108,9 @@ class TrainConfig:
     replay: float = option("stored examples of earlier sessions replayed per new example (0.1: one for every "
                            "ten; 0 disables); see CONTINUOUS_TRAINING.md, 'Keeping what was learned'", default=0.1)
     replay_select: str = option("which stored examples are replayed: uniform (an equal share from each earlier "
-                                "session) or targeted (mostly those the model answers worst, scored at each "
-                                "epoch start)", default="targeted", choices=REPLAY_SELECTIONS)
+                                "session), targeted (mostly those the model answers worst, scored at each "
+                                "epoch start) or nearest (mostly those whose prompts share the most words with "
+                                "this session's)", default="targeted", choices=REPLAY_SELECTIONS)
     replay_draw: str = option("epoch: the replayed examples are drawn afresh every epoch (same budget, other "
                               "records); session: drawn once and repeated", default="epoch", choices=REPLAY_DRAWS)
     replay_weight: float = option("how much a replayed example's tokens count in the loss against a new example's "

@@ -3,8 +3,9 @@ model, frozen bottom layers and weight interpolation (BENCHMARKS.md, "Forgetting
 
 The Trainer sees one dataset: this session's examples, then the stored examples of earlier sessions
 (the replay pool). `ReplaySampler` visits every new example each epoch plus a fixed number of pool
-examples, chosen again at each epoch start (uniformly, an equal share per earlier session, or aimed at
-those the current model gets most wrong), so no record is copied into the data.
+examples, chosen again at each epoch start (uniformly, an equal share per earlier session, aimed at
+those the current model gets most wrong, or at those whose prompts are nearest this session's), so no record is
+copied into the data.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
 from ..errors import InputError
+from .nearness import asked, nearness
 from .sparse_update import decoder_blocks, restrict_updates
 
 TARGETED_SHARE = 0.75  # of each epoch's replay budget spent on the worst-scored records; the rest is uniform
@@ -66,6 +68,22 @@ def targeted_choice(scores: dict[int, float], sessions: Sequence[int], count: in
     return chosen
 
 
+def nearest_choice(closeness: Sequence[float], sessions: Sequence[int], count: int, rng: random.Random,
+                   focus: float = TARGETED_SHARE) -> list[int]:
+    """`count` pool positions, an equal share from each earlier session; within a session `focus` of its share is
+    drawn from its nearest quarter (`closeness`, nearness.py; at least that many records), the rest uniformly from
+    the others, so that over the epochs every near record comes round."""
+    chosen: list[int] = []
+    for session, share in session_shares(sessions, count, rng).items():
+        group = sorted((p for p, s in enumerate(sessions) if s == session), key=lambda p: (-closeness[p], p))
+        focused = round(share * focus)
+        near = group[:max(focused, len(group) // 4)]
+        picked = _draw(near, focused, rng) if focused else []
+        rest = [p for p in group if p not in set(picked)] or group
+        chosen += picked + _draw(rest, share - len(picked), rng)
+    return chosen
+
+
 class ReplaySampler:
     """Every new example once per epoch plus `per_epoch` pool examples chosen by `choose(epoch)`, shuffled.
 
@@ -113,19 +131,20 @@ class ReplayPlan:
     """How a session replays its earlier sessions' stored examples."""
 
     ratio: float  # pool examples per new example, each epoch
-    select: str  # "targeted" | "uniform"
+    select: str  # "targeted" | "uniform" | "nearest"
     draw: str  # "epoch": drawn afresh each epoch | "session": drawn once and repeated
     seed: int
 
     def __post_init__(self) -> None:
-        if self.select not in ("targeted", "uniform") or self.draw not in ("epoch", "session"):
+        if self.select not in ("targeted", "uniform", "nearest") or self.draw not in ("epoch", "session"):
             raise ValueError(f"unknown replay selection {self.select!r} / draw {self.draw!r}")
 
 
 def make_sampler(plan: ReplayPlan, new_count: int, pool_sessions: Sequence[int],
-                 score: Callable[[list[int]], list[float]]) -> ReplaySampler | None:
+                 score: Callable[[list[int]], list[float]], closeness: Sequence[float] = ()) -> ReplaySampler | None:
     """The session's replay sampler (None without a pool or budget); `score(positions)` gives the current
-    model's score of those pool examples (weakest_logprobs: lower is closer to lost).
+    model's score of those pool examples (weakest_logprobs: lower is closer to lost), `closeness` each pool
+    example's nearness to this session's prompts (for `nearest`).
 
     Targeted replay keeps a table of scores: all of them at the first epoch (up to MAX_SCORED), then at each
     epoch those replayed in the last one and REFRESHED_PER_EPOCH others at random, so scoring costs a few
@@ -143,6 +162,8 @@ def make_sampler(plan: ReplayPlan, new_count: int, pool_sessions: Sequence[int],
         rng = random.Random(plan.seed * 7919 + epoch)
         if plan.select == "uniform":
             chosen = uniform_choice(pool_sessions, per_epoch, rng)
+        elif plan.select == "nearest":
+            chosen = nearest_choice(closeness, pool_sessions, per_epoch, rng)
         else:
             unscored = [p for p in range(len(pool_sessions)) if p not in scores]
             fresh = rng.sample(unscored, min(len(unscored), MAX_SCORED)) if not scores else \
@@ -247,11 +268,12 @@ class SessionRetention:
 
 
 def prepare_retention(config, model, tokenizer, template, pool: dict[int, list], new_examples: Sequence[dict],
-                      max_length: int, load_start: Callable[[], Any] | None = None) -> SessionRetention:
+                      max_length: int, load_start: Callable[[], Any] | None = None,
+                      new_records: Sequence = ()) -> SessionRetention:
     """Tokenise the replay pool and set up the sampler, the frozen layers or sparse update and the start-model copy
     (`config` is the session's TrainConfig; `pool` maps earlier session numbers to stored records; `new_examples`
     are this session's tokenised examples; `load_start` gives the session's start model when `model` is not it,
-    as on --resume)."""
+    as on --resume; `new_records` a sample of this session's records, for --replay-select nearest)."""
     import copy
 
     from .tokenizing import tokenize_records
@@ -267,7 +289,9 @@ def prepare_retention(config, model, tokenizer, template, pool: dict[int, list],
         return weakest_logprobs(model, [examples[p] for p in positions], pad_id)
 
     plan = ReplayPlan(config.replay, config.replay_select, config.replay_draw, config.seed)
-    sampler = make_sampler(plan, new_count, sessions, score) if examples else None
+    nearest = config.replay_select == "nearest"
+    closeness = nearness([asked(r) for r in records], [asked(r) for r in new_records]) if nearest else ()
+    sampler = make_sampler(plan, new_count, sessions, score, closeness) if examples else None
     distilling = config.distill_weight > 0 and (sampler is not None or config.distill_on == "all")
     interpolating = config.interpolation_weight() != 1.0
     start = None

@@ -227,7 +227,7 @@ def train_session(session: Session, data: SessionData, start: StartModel):
     load_start = (lambda: load_start_model(plan, config, [], start.template)[0]) \
         if session.checkpoint and plan.continues else None
     kit = prepare_retention(config, start.model, start.tokenizer, start.template, data.replay_pool, tokens.train,
-                            start.max_length, load_start)
+                            start.max_length, load_start, data.probe)
     examples = len(tokens.train) + kit.per_epoch
     tokens.train = with_replay(tokens.train, kit.pool_examples)
     if kit.training.sampler is not None and not tokens.packed:

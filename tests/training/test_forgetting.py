@@ -122,6 +122,20 @@ def test_replay_draws_only_from_earlier_sessions_afresh_each_epoch(tiny_model_di
     assert entry["replayed_examples"] == 0 and spied[-1].pool_examples == [] and spied[-1].training.sampler is None
 
 
+def test_nearest_replay_rehearses_the_stored_answers_whose_prompts_resemble_the_new_session(tiny_model_dir, tmp_path,
+                                                                                           spied):
+    from mtn_sails.training.nearness import nearness
+
+    output = tmp_path / "trained_model"
+    session(write_qa(tmp_path / "s1.json"), output, model_name=str(tiny_model_dir))
+    stored = [record.prompt for record in store.read_slices(output, store.REPLAY_DIR)[1]]
+    session(write_qa(tmp_path / "s2.json", SESSION_2_PAIRS), output, replay=0.5, replay_select="nearest", epochs=3)
+    closeness = nearness(stored, [question for question, _ in SESSION_2_PAIRS])
+    near = sorted(range(len(stored)), key=lambda p: -closeness[p])[:max(len(stored) // 4, 3)]
+    for drawn in spied[-1].training.sampler.drawn:
+        assert sum(p in near for p in drawn) >= round(0.75 * len(drawn))
+
+
 def test_replay_pool_is_every_earlier_slice(tmp_path):
     from mtn_sails.data.files import load_records
 

@@ -85,6 +85,35 @@ def test_targeted_choice_compares_scores_within_a_session():
     assert sorted(chosen) == [2, 4]  # the worst of each session, not the two lowest overall
 
 
+def test_nearness_ranks_the_stored_prompts_that_share_a_sessions_topic_words_first():
+    from mtn_sails.data.records import Record, Turn
+    from mtn_sails.training.nearness import asked, nearness
+
+    pool = ["What is the capital of France?", "What is the chemical symbol for water?",
+            "How many legs does an insect have?", "What is 2 plus 2?"]
+    closeness = nearness(pool, ["What is the capital of Velmora?", "Who founded the town of Velmora?"])
+    assert closeness[0] == max(closeness) and closeness[2] == 0.0  # "capital" weighs, "what is the" barely
+    assert closeness[1] < 0.5 * closeness[0]
+    assert nearness(pool, []) == [0.0] * 4
+    chat = Record(0, "chat", "messages", turns=(Turn("system", "Be brief."), Turn("user", "Name a river.")))
+    assert (asked(chat), asked(Record(1, "text", "text", text="x" * 900))) == ("Name a river.", "x" * 500)
+
+
+def test_nearest_replay_draws_each_sessions_nearest_quarter_and_comes_round_to_all_of_it():
+    sessions = [0] * 16 + [1] * 8
+    closeness = [1.0 - p / 100 for p in range(24)]  # nearest first within each session
+    draws = [retention.nearest_choice(closeness, sessions, 4, random.Random(epoch)) for epoch in range(40)]
+    for chosen in draws:  # 2 a session, 3 of 4 from its nearest quarter (at least that many records)
+        assert len(chosen) == 4 and sum(p < 16 for p in chosen) == 2
+    near_base = [p for chosen in draws for p in chosen[:2] if p < 16]
+    assert set(near_base) == {0, 1, 2, 3}  # session 0's nearest four, each in turn
+    sampler = make_sampler(ReplayPlan(4 / 20, "nearest", "epoch", seed=0), 20, sessions, score=None,
+                           closeness=closeness)
+    list(sampler)
+    [drawn] = sampler.drawn
+    assert len(drawn) == 4 and set(drawn) <= {0, 1, 2, 3, 16, 17}
+
+
 def test_sampler_visits_every_new_example_each_epoch_and_redraws_the_replay():
     sessions = [1] * 20 + [2] * 20
     sampler = make_sampler(ReplayPlan(0.25, "uniform", "epoch", seed=3), 16, sessions, score=None)
