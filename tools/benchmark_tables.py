@@ -203,6 +203,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "real_base_levers_nearest": lambda: arms_table("real_base_levers_nearest_seed11.json"),
     "real_base_replay_base": lambda: schedules_table(REPLAY_BASE_RUNS, arguments_and_machine, "options, machine, day"),
     "session_speed_real_base": lambda: speed_table("session_speed_real_base.json"),
+    "session_speed_real_base_avx2": lambda: speed_table("session_speed_real_base_avx2.json"),
     "train_speed_real_base": lambda: train_rounds_table(result("train_speed_real_base.json")),
     "forgetting_real_base": lambda: forgetting_table(result("forgetting_real_base.json")),
     "forgetting_real_base_seed11": lambda: forgetting_table(result("forgetting_real_base_seed11.json")),
