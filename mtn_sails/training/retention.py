@@ -43,6 +43,13 @@ def _draw(group: list[int], share: int, rng: random.Random) -> list[int]:
     return rng.sample(group, share) if share <= len(group) else [rng.choice(group) for _ in range(share)]
 
 
+def _with_rest(picked: list[int], group: list[int], share: int, rng: random.Random) -> list[int]:
+    """`picked`, then the rest of a session's `share` drawn uniformly from the group's other records."""
+    taken = set(picked)
+    rest = [p for p in group if p not in taken] or group
+    return picked + _draw(rest, share - len(picked), rng)
+
+
 def uniform_choice(sessions: Sequence[int], count: int, rng: random.Random) -> list[int]:
     """`count` pool positions, an equal share from each earlier session; without repeats while a session
     has records left."""
@@ -62,9 +69,7 @@ def targeted_choice(scores: dict[int, float], sessions: Sequence[int], count: in
     for session, share in session_shares(sessions, count, rng).items():
         group = [p for p, s in enumerate(sessions) if s == session]
         scored = sorted((p for p in group if p in scores), key=lambda p: (scores[p], p))
-        worst = scored[:round(share * focus)]
-        rest = [p for p in group if p not in set(worst)] or group
-        chosen += worst + _draw(rest, share - len(worst), rng)
+        chosen += _with_rest(scored[:round(share * focus)], group, share, rng)
     return chosen
 
 
@@ -78,9 +83,7 @@ def nearest_choice(closeness: Sequence[float], sessions: Sequence[int], count: i
         group = sorted((p for p, s in enumerate(sessions) if s == session), key=lambda p: (-closeness[p], p))
         focused = round(share * focus)
         near = group[:max(focused, len(group) // 4)]
-        picked = _draw(near, focused, rng) if focused else []
-        rest = [p for p in group if p not in set(picked)] or group
-        chosen += picked + _draw(rest, share - len(picked), rng)
+        chosen += _with_rest(_draw(near, focused, rng) if focused else [], group, share, rng)
     return chosen
 
 
