@@ -126,7 +126,7 @@ class Arm:
 
     def first_session_key(self) -> str:
         """What session 1 depends on (it has nothing earlier to replay, distil or choose a weight against)."""
-        keys = ("freeze_layers", "lr_schedule", "warmup_ratio", "method", "replay_base")
+        keys = ("freeze_layers", "lr_schedule", "warmup_ratio", "method", "replay_base", "null_space")
         if self.settings.get("replay_base") == "first":  # session 1 replays the base: how it replays matters too
             keys += ("replay", "replay_select", "replay_draw", "replay_weight", "distill_weight", "distill_on")
         fixed = {k: self.settings[k] for k in keys if k in self.settings}
@@ -176,6 +176,8 @@ LEVERS = [
     # the stored answers whose prompts share most words with the session's: what the session pulls on
     Arm("nearest", {"replay_select": "nearest"}),
     Arm("replay-base-first-nearest", {"replay_base": "first", "replay_select": "nearest"}),
+    # changes kept off the inputs the base's answers and earlier sessions' examples use (training/null_space.py)
+    Arm("null-space-0.95", {"null_space": 0.95}),
 ]
 
 

@@ -127,6 +127,9 @@ class TrainConfig:
     sparse_update: float = option("move only this share of the transformer blocks' weights, those with the largest "
                                   "gradients on the session's own answers, and freeze the rest (0: every weight "
                                   "moves)", default=0.0)
+    null_space: float = option("keep the inputs the model's earlier answers use (the base's and earlier sessions' "
+                               "stored examples) out of this session's weight changes: the share of those inputs' "
+                               "energy protected (0: off; e.g. 0.9)", default=0.0)
     interpolate: str = option("after training, move the weights back towards the start: off, auto (the weight "
                               "that keeps most earlier answers without losing the new ones, from probe recall), "
                               "or a weight in (0, 1] (WiSE-FT: start + weight x change)", default="off")
@@ -188,6 +191,9 @@ class TrainConfig:
         _require(0 <= self.sparse_update < 1, f"--sparse-update must be in [0, 1), got {self.sparse_update}")
         _require(not (self.sparse_update and self.method == "lora"),
                  "--sparse-update chooses among the model's own weights: use it with --method full")
+        _require(0 <= self.null_space < 1, f"--null-space must be in [0, 1), got {self.null_space}")
+        _require(not (self.null_space and (self.method == "lora" or self.sparse_update)),
+                 "--null-space projects the model's own weight changes: use it with --method full and no --sparse-update")
         _require(0 <= self.warmup_ratio < 1, f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
         _require(self.interpolation_weight() != -1.0,
                  f"--interpolate must be off, auto or a weight in (0, 1], got {self.interpolate!r}")

@@ -201,6 +201,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "real_base_levers_replay_base": lambda: arms_table("real_base_levers_replay_base_seed11.json", timed=True),
     "real_base_levers_epyc": lambda: arms_table("real_base_levers_epyc_seed11.json", timed=True),
     "real_base_levers_nearest": lambda: arms_table("real_base_levers_nearest_seed11.json"),
+    "real_base_levers_null_space": lambda: arms_table("real_base_levers_null_space_seed11.json", timed=True),
     "real_base_replay_base": lambda: schedules_table(REPLAY_BASE_RUNS, arguments_and_machine, "options, machine, day"),
     "session_speed_real_base": lambda: speed_table("session_speed_real_base.json"),
     "session_speed_real_base_avx2": lambda: speed_table("session_speed_real_base_avx2.json"),

@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from ..errors import InputError
 from .nearness import asked, nearness
+from .null_space import null_space_callback, protected_records, restrict_to_null_space  # noqa: F401 (session's)
 from .sparse_update import decoder_blocks, restrict_updates
 
 TARGETED_SHARE = 0.75  # of each epoch's replay budget spent on the worst-scored records; the rest is uniform
@@ -268,15 +269,22 @@ class SessionRetention:
     frozen: list[str]  # frozen parameter names
     per_epoch: int  # pool examples replayed each epoch
     sparse: Any = None  # --sparse-update: a SparseUpdate (sparse_update.py), or None
+    null_space: Any = None  # --null-space: a NullSpace (null_space.py), or None
+
+    @property
+    def callbacks(self) -> list:
+        """The TrainerCallbacks its levers need during training."""
+        return [null_space_callback(self.null_space)] if self.null_space is not None else []
 
 
 def prepare_retention(config, model, tokenizer, template, pool: dict[int, list], new_examples: Sequence[dict],
                       max_length: int, load_start: Callable[[], Any] | None = None,
-                      new_records: Sequence = ()) -> SessionRetention:
+                      new_records: Sequence = (), protected: Sequence = ()) -> SessionRetention:
     """Tokenise the replay pool and set up the sampler, the frozen layers or sparse update and the start-model copy
     (`config` is the session's TrainConfig; `pool` maps earlier session numbers to stored records; `new_examples`
     are this session's tokenised examples; `load_start` gives the session's start model when `model` is not it,
-    as on --resume; `new_records` a sample of this session's records, for --replay-select nearest)."""
+    as on --resume; `new_records` a sample of this session's records, for --replay-select nearest; `protected` the
+    records whose inputs --null-space keeps out of the session's changes)."""
     import copy
 
     from .tokenizing import tokenize_records
@@ -298,13 +306,15 @@ def prepare_retention(config, model, tokenizer, template, pool: dict[int, list],
     distilling = config.distill_weight > 0 and (sampler is not None or config.distill_on == "all")
     interpolating = config.interpolation_weight() != 1.0
     start = None
-    if distilling or interpolating:
+    if distilling or interpolating or (config.null_space and load_start is not None):
         start = load_start() if load_start is not None else copy.deepcopy(model)
         start.eval().requires_grad_(False)
     start_weights = weights_copy(start) if interpolating else None
     teacher = start if distilling else None
     sparse = restrict_updates(model, new_examples, config.sparse_update, config.seed) if config.sparse_update \
         else None
+    kept_out = restrict_to_null_space(model, tokenize_records(protected, tokenizer, template, max_length),
+                                      config.null_space, pad_id, start) if config.null_space and protected else None
     return SessionRetention(examples if sampler else [], Retention(sampler, teacher, config.distill_weight,
                                                                    config.distill_on, config.replay_weight),
-                            start_weights, frozen, sampler.per_epoch if sampler else 0, sparse)
+                            start_weights, frozen, sampler.per_epoch if sampler else 0, sparse, kept_out)

@@ -214,7 +214,7 @@ def train_session(session: Session, data: SessionData, start: StartModel):
     """Tokenise, set up the retention levers, train with the HF Trainer and interpolate; returns (trainer,
     outcome). On resume the Trainer restores the checkpoint's optimizer and schedule."""
     from .distributed import optimizer_steps
-    from .retention import prepare_retention
+    from .retention import prepare_retention, protected_records
     from .tokenizing import tokenize, with_replay
     from .trainer import RecallStop, TrainSettings, run_training
 
@@ -227,7 +227,8 @@ def train_session(session: Session, data: SessionData, start: StartModel):
     load_start = (lambda: load_start_model(plan, config, [], start.template)[0]) \
         if session.checkpoint and plan.continues else None
     kit = prepare_retention(config, start.model, start.tokenizer, start.template, data.replay_pool, tokens.train,
-                            start.max_length, load_start, data.probe)
+                            start.max_length, load_start, data.probe,
+                            protected_records(config.null_space, session.output_dir(), plan.continues, data.base))
     examples = len(tokens.train) + kit.per_epoch
     tokens.train = with_replay(tokens.train, kit.pool_examples)
     if kit.training.sampler is not None and not tokens.packed:
@@ -250,7 +251,7 @@ def train_session(session: Session, data: SessionData, start: StartModel):
     with clock.phase("train"):
         trainer, outcome = run_training(start.model, start.tokenizer, tokens, settings,
                                         resume_from=session.checkpoint, retention=kit.training,
-                                        callbacks=[stop] if stop else [])
+                                        callbacks=[stop] * bool(stop) + kit.callbacks)
     if stop:
         clock.move(stop.seconds, "train", "recall_checks")
     message = stop_message(epochs, stop.recalls if stop else [], outcome.epochs)
@@ -283,8 +284,8 @@ def _say_training(session: Session, data: SessionData, examples: int, packed: bo
     if kit.frozen:
         say(f"🧊 Freezing the embeddings and the bottom {session.config.freeze_layers} blocks "
             f"({len(kit.frozen)} tensors)")
-    if kit.sparse is not None:
-        say(kit.sparse.line())
+    for lever in (lever for lever in (kit.sparse, kit.null_space) if lever is not None):
+        say(lever.line())
 
 
 def interpolate_session(session: Session, model, start: StartModel, data: SessionData, start_weights) -> float:
@@ -353,12 +354,11 @@ def session_record(session: Session, data: SessionData, start: StartModel, outco
         start_kind="resumed" if checkpoint else ("continued" if plan.continues else "base"),
         resumed_from_checkpoint=Path(checkpoint).name if checkpoint else None, base_model=plan.base_model,
         learning_rate=plan.learning_rate, lr_schedule=outcome.lr_schedule, epochs=outcome.epochs,
-        batch_size=config.batch_size,
-        max_length=start.max_length, steps=outcome.steps, train_loss=outcome.train_loss,
+        batch_size=config.batch_size, max_length=start.max_length, steps=outcome.steps, train_loss=outcome.train_loss,
         eval_loss=outcome.eval_loss, eval_perplexity=outcome.eval_perplexity(),
         held_out_loss=measured.held_out_loss, held_out_perplexity=perplexity(measured.held_out_loss),
-        duration_s=round(time.time() - session.started, 1), phase_s=dict(session.phases.seconds), device=outcome.device, precision=outcome.precision,
-        world_size=outcome.world_size, replay=config.replay,
+        duration_s=round(time.time() - session.started, 1), phase_s=dict(session.phases.seconds), device=outcome.device,
+        precision=outcome.precision, world_size=outcome.world_size, replay=config.replay,
         replay_weight=config.replay_weight if config.replay > 0 else None,
         interpolation_alpha=outcome.interpolation_alpha, stopped=outcome.stopped,
         seed=config.seed, versions=_versions(),
