@@ -61,20 +61,16 @@ class NullSpace:
 def block_matrices(model) -> dict[str, Any]:
     """The modules of the blocks whose 2-D weight multiplies their input (Linear, GPT-2's Conv1D), by their
     weight's parameter name."""
-    in_blocks = {id(m) for block in decoder_blocks(model) for m in block.modules()}
-    return {f"{name}.weight": module for name, module in model.named_modules()
-            if id(module) in in_blocks and getattr(module, "weight", None) is not None
-            and module.weight.dim() == 2 and hasattr(module, "forward") and _inputs_width(module) is not None}
-
-
-def _inputs_width(module) -> int | None:
     import torch
 
-    if isinstance(module, torch.nn.Linear):
-        return module.in_features
-    if type(module).__name__ == "Conv1D":  # transformers.pytorch_utils.Conv1D: weight is inputs x outputs
-        return module.weight.shape[0]
-    return None
+    in_blocks = {id(m) for block in decoder_blocks(model) for m in block.modules()}
+    return {f"{name}.weight": module for name, module in model.named_modules()
+            if id(module) in in_blocks and (isinstance(module, torch.nn.Linear) or _is_conv1d(module))}
+
+
+def _is_conv1d(module) -> bool:
+    """Whether `module` is transformers' Conv1D (GPT-2), whose weight is stored inputs x outputs."""
+    return type(module).__name__ == "Conv1D"
 
 
 def input_covariances(model, examples: Sequence[dict[str, list[int]]], pad_id: int) -> dict[str, Any]:
@@ -151,7 +147,7 @@ def restrict_to_null_space(model, protected_examples: Sequence[dict[str, list[in
         if shared not in solved:
             solved[shared] = protected_directions(covariances[name], energy).to(parameter.device)
         directions[name] = solved[shared]
-        if type(matrices[name]).__name__ == "Conv1D":
+        if _is_conv1d(matrices[name]):
             transposed.add(name)
         start[name] = at_start[name].detach().float().clone().to(parameter.device)
     protected = sum(d.shape[1] for d in directions.values())

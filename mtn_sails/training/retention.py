@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from ..errors import InputError
 from .nearness import asked, nearness
-from .null_space import null_space_callback, protected_records, restrict_to_null_space  # noqa: F401 (session's)
+from .null_space import null_space_callback, restrict_to_null_space
 from .sparse_update import decoder_blocks, restrict_updates
 
 TARGETED_SHARE = 0.75  # of each epoch's replay budget spent on the worst-scored records; the rest is uniform

@@ -211,10 +211,10 @@ def prepare_records(session: Session) -> SessionData:
 
 
 def train_session(session: Session, data: SessionData, start: StartModel):
-    """Tokenise, set up the retention levers, train with the HF Trainer and interpolate; returns (trainer,
-    outcome). On resume the Trainer restores the checkpoint's optimizer and schedule."""
+    """Tokenise, set up the retention levers, train and interpolate: (trainer, outcome); resumes a checkpoint."""
     from .distributed import optimizer_steps
-    from .retention import prepare_retention, protected_records
+    from .null_space import protected_records
+    from .retention import prepare_retention
     from .tokenizing import tokenize, with_replay
     from .trainer import RecallStop, TrainSettings, run_training
 
