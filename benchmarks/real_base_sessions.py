@@ -58,8 +58,20 @@ def measure(model_dir: Path | str, sessions: list[list[tuple[str, str]]]) -> dic
     return {"recall": recall, "general": general_right(model, tokenizer)}
 
 
-def run(seed: int, per_session: int, work: Path, sessions: int = 3, train_args: Sequence[str] = ()) -> dict:
-    """Default sessions (plus `train_args`) from the .gguf file into one directory; the figures after each."""
+def session_command(number: int, data: Path, output: Path, seed: int, train_args: Sequence[str],
+                    later_args: Sequence[str] | None) -> list[str]:
+    """The `main.py train` command of session `number`: the first from the .gguf file with `train_args`, the later
+    ones continuing `output` with `later_args` where given."""
+    options = train_args if number == 1 or later_args is None else later_args
+    command = [sys.executable, str(REPO / "main.py"), "train", "--data-file", str(data), "--output-dir", str(output),
+               "--eval-split", "0", "--seed", str(seed), *options]
+    return command + ["--model-name", str(real_base_gguf())] * (number == 1)
+
+
+def run(seed: int, per_session: int, work: Path, sessions: int = 3, train_args: Sequence[str] = (),
+        later_args: Sequence[str] | None = None) -> dict:
+    """Default sessions (plus `train_args`; after the first, `later_args` where given) from the .gguf file into one
+    directory; the figures after each."""
     rng = random.Random(seed)
     session_facts = [facts(rng, per_session) for _ in range(sessions)]
     output = work / "trained_model"
@@ -68,10 +80,7 @@ def run(seed: int, per_session: int, work: Path, sessions: int = 3, train_args: 
     for number, session in enumerate(session_facts, start=1):
         data = work / f"session_{number}.json"
         data.write_text(json.dumps([{"question": q, "answer": a} for q, a in session]), encoding="utf-8")
-        command = [sys.executable, str(REPO / "main.py"), "train", "--data-file", str(data), "--output-dir", str(output),
-                   "--eval-split", "0", "--seed", str(seed), *train_args]
-        if number == 1:
-            command += ["--model-name", str(real_base_gguf())]
+        command = session_command(number, data, output, seed, train_args, later_args)
         started = time.perf_counter()
         done = subprocess.run(command, capture_output=True, text=True)
         seconds = time.perf_counter() - started
@@ -88,8 +97,9 @@ def run(seed: int, per_session: int, work: Path, sessions: int = 3, train_args: 
                      "general_kept": sum(g and b for g, b in zip(after["general"], base["general"]))
                      / max(1, sum(base["general"]))})
         print(json.dumps(rows[-1]), flush=True)
-    return {"seed": seed, "facts_per_session": per_session, "train_args": list(train_args), "base_general_right": sum(base["general"]),
-            "general_questions": len(GENERAL), "sessions": rows}
+    later = {"later_args": list(later_args)} if later_args is not None else {}
+    return {"seed": seed, "facts_per_session": per_session, "train_args": list(train_args), **later,
+            "base_general_right": sum(base["general"]), "general_questions": len(GENERAL), "sessions": rows}
 
 
 def main() -> int:
@@ -99,12 +109,15 @@ def main() -> int:
     parser.add_argument("--work", default=None, help="working directory (default: a temporary one)")
     parser.add_argument("--sessions", type=int, default=3)
     parser.add_argument("--train-args", default="", help="options added to every session, e.g. '--replay 0.5'")
+    parser.add_argument("--later-args", default=None, help="options for the sessions after the first instead of "
+                        "--train-args, e.g. a lower --null-space")
     parser.add_argument("--json-out", default=None)
     args = parser.parse_args()
     import tempfile
 
     with tempfile.TemporaryDirectory() as temporary:
-        result = run(args.seed, args.facts, Path(args.work or temporary), args.sessions, args.train_args.split())
+        result = run(args.seed, args.facts, Path(args.work or temporary), args.sessions, args.train_args.split(),
+                     None if args.later_args is None else args.later_args.split())
     result["machine"] = machine("torch")
     write_json(args.json_out, result)
     print(json.dumps(result, indent=1))

@@ -246,6 +246,17 @@ def test_the_real_base_benchmark_asks_general_questions_session_0_never_saw(monk
     assert len(bench.GENERAL) >= 12 and not {question for question, _ in bench.GENERAL} & set(general_prompts())
 
 
+def test_the_real_base_benchmark_gives_later_sessions_their_own_options(monkeypatch):
+    bench = load_benchmark("real_base_sessions", monkeypatch)
+    data, output = Path("s.json"), Path("out")
+    first = bench.session_command(1, data, output, 23, ["--null-space", "0.95"], ["--null-space", "0.6"])
+    later = bench.session_command(2, data, output, 23, ["--null-space", "0.95"], ["--null-space", "0.6"])
+    same = bench.session_command(3, data, output, 23, ["--replay", "0.2"], None)
+    assert first[first.index("--null-space") + 1] == "0.95" and "--model-name" in first
+    assert later[later.index("--null-space") + 1] == "0.6" and "--model-name" not in later
+    assert same[-2:] == ["--replay", "0.2"]
+
+
 def test_the_forgetting_benchmark_runs_the_real_base_at_the_products_defaults(monkeypatch):
     bench = load_benchmark("forgetting", monkeypatch)
     args = bench.argparse.Namespace(base="real", device="cpu", learning_rate=2e-3, epochs=80.0, batch_size=8,

@@ -161,7 +161,7 @@ def test_a_session_says_and_records_where_its_time_went(default_session):
     done, model_dir = default_session
     session = json.loads((model_dir / "training_history.json").read_text())["sessions"][-1]
     phases = session["phase_s"]
-    assert {"records", "load", "tokenise", "train", "recall_checks", "save", "measure"} <= set(phases)
+    assert {"records", "load", "tokenise", "levers", "train", "recall_checks", "save", "measure"} <= set(phases)
     assert all(seconds >= 0 for seconds in phases.values())
     assert phases["train"] > 0 and sum(phases.values()) <= session["duration_s"] + 0.5
     assert "⏱️  Where the time went: " in done.stdout

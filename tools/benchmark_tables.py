@@ -21,6 +21,7 @@ SCHEDULE_RUNS = ("real_base_sessions.json", "real_base_sessions_seed23_linear.js
                  "real_base_sessions_seed11_constant.json", "real_base_sessions_seed11_linear.json")
 INTERPOLATION_RUNS = ("real_base_sessions_seed11_constant.json", "real_base_sessions_seed11_auto.json",
                       "real_base_sessions.json", "real_base_sessions_seed23_auto.json")
+NULL_SPACE_RUNS = ("real_base_sessions.json", "real_base_sessions_seed23_null_space.json")
 REPLAY_BASE_RUNS = ("real_base_sessions_seed11_constant.json", "real_base_sessions_seed11_replay_base_first.json",
                     "real_base_sessions.json", "real_base_sessions_seed23_repeat.json",
                     "real_base_sessions_seed23_replay_base_first.json")
@@ -70,8 +71,9 @@ def schedule(run: dict) -> str:
 
 
 def arguments(run: dict) -> str:
-    """The options a run's sessions added to the defaults."""
-    return f"`{' '.join(run['train_args'])}`" if run["train_args"] else "defaults"
+    """The options a run's sessions added to the defaults (those of the sessions after the first where they differ)."""
+    first = f"`{' '.join(run['train_args'])}`" if run["train_args"] else "defaults"
+    return first + (f", later `{' '.join(run['later_args'])}`" if "later_args" in run else "")
 
 
 def arguments_and_machine(run: dict) -> str:
@@ -202,6 +204,9 @@ TABLES: dict[str, Callable[[], str]] = {
     "real_base_levers_epyc": lambda: arms_table("real_base_levers_epyc_seed11.json", timed=True),
     "real_base_levers_nearest": lambda: arms_table("real_base_levers_nearest_seed11.json"),
     "real_base_levers_null_space": lambda: arms_table("real_base_levers_null_space_seed11.json", timed=True),
+    "real_base_null_space_sessions": lambda: sessions_table("real_base_sessions_seed23_null_space.json"),
+    "real_base_null_space_held_out": lambda: schedules_table(NULL_SPACE_RUNS, arguments_and_machine,
+                                                             "options, machine, day"),
     "real_base_replay_base": lambda: schedules_table(REPLAY_BASE_RUNS, arguments_and_machine, "options, machine, day"),
     "session_speed_real_base": lambda: speed_table("session_speed_real_base.json"),
     "session_speed_real_base_avx2": lambda: speed_table("session_speed_real_base_avx2.json"),

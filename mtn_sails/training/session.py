@@ -137,9 +137,8 @@ def run_session(session: Session, writes: disk.Writes) -> SessionResult:
     with clock.phase("session_0"):
         data.base = settle_base(session.config, session.plan, session.history, session.work, session.processes,
                                 start, resumed=session.checkpoint is not None)
-    # By default session 1 learns its data alone and only probes the base: six facts with one of the base's answers
-    # replayed (weighted like an earlier session's) did not reach their recall within --max-epochs and lost the
-    # base's general answers too. From session 2 on, the base's slice is replayed with every earlier session's.
+    # Session 1 only probes the base by default: six facts with one of its answers replayed missed their recall and
+    # lost the base's general answers too. From session 2 on, its slice is replayed with every earlier session's.
     if data.base and not session.plan.continues and session.config.replay_base == "first" and session.config.replay:
         data.replay_pool = {BASE_SESSION: data.base.replay}
     trainer, outcome = train_session(session, data, start)
@@ -226,9 +225,10 @@ def train_session(session: Session, data: SessionData, start: StartModel):
     # On resume the model holds the checkpoint's weights; distillation and interpolation need the session's start.
     load_start = (lambda: load_start_model(plan, config, [], start.template)[0]) \
         if session.checkpoint and plan.continues else None
-    kit = prepare_retention(config, start.model, start.tokenizer, start.template, data.replay_pool, tokens.train,
-                            start.max_length, load_start, data.probe,
-                            protected_records(config.null_space, session.output_dir(), plan.continues, data.base))
+    with clock.phase("levers"):  # the replay pool's scores, the start model's copy, --null-space's covariances
+        kit = prepare_retention(config, start.model, start.tokenizer, start.template, data.replay_pool, tokens.train,
+                                start.max_length, load_start, data.probe,
+                                protected_records(config.null_space, session.output_dir(), plan.continues, data.base))
     examples = len(tokens.train) + kit.per_epoch
     tokens.train = with_replay(tokens.train, kit.pool_examples)
     if kit.training.sampler is not None and not tokens.packed:
