@@ -42,4 +42,4 @@ browser:
 	@bash tools/install_chromium.sh
 
 test: $(STAMP) $(NODE_STAMP) $(REAL_BASE) browser
-	$(PY) -m pytest -q -n auto --dist loadfile --no-loadscope-reorder --durations=20
+	$(PY) -m pytest -q -n auto --dist loadfile --durations=20

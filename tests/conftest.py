@@ -16,16 +16,6 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
     _share = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
     os.environ.setdefault("OMP_NUM_THREADS", str(_share))
 
-# The files whose module fixtures train or export the real base run first (the README's command keeps this order,
-# --no-loadscope-reorder): started last, the one worker holding them ran on alone for minutes after the others.
-LONGEST_FIRST = ("test_real_base.py", "test_benchmarks.py", "test_docs.py", "test_full_disk.py", "test_distributed.py")
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Order the collected tests longest file first, the rest as collected."""
-    rank = {name: place for place, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
-
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:

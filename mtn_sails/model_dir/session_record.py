@@ -107,7 +107,7 @@ class SessionRecord(_JsonRecord):
     held_out_loss: float | None = None
     held_out_perplexity: float | None = None
     duration_s: float | None = None
-    phase_s: dict[str, float] | None = None  # seconds per stage: records, load, session_0, tokenise, levers, train, ...
+    phase_s: dict[str, float] | None = None  # seconds per stage: records, load, session_0, levers, train, ...
     device: str | None = None
     precision: str | None = None
     world_size: int | None = None
