@@ -16,6 +16,7 @@ weight blocks of 32, dynamic int8 on the whole graph, dynamic int8 with the MLP 
 """
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -28,17 +29,27 @@ from tools.real_base import real_base_dir
 ANSWER_TOKENS = 24
 
 
-def form_builders(onnx_dir: Path, prepared: Path) -> dict:
-    """Form name -> a call that writes that form's model_quantized.onnx from the prepared graph."""
+def form_builders(onnx_dir: Path, prepared: Path, fused: Path | None) -> dict:
+    """Form name -> a call that writes that form's graph from the prepared optimum graph or the `fused` one
+    (fused_graph.py; None for families the builder does not write)."""
     from mtn_sails.runtime.quantize import MLP_OUTPUT_PROJECTIONS, quantize_int8, quantize_weight_blocks
 
-    blocks = lambda bits, size: lambda: quantize_weight_blocks(onnx_dir, prepared, size, bits)  # noqa: E731
-    return {"8-bit weight blocks of 32 (export's first form)": blocks(8, 32),
-            "8-bit weight blocks of 128": blocks(8, 128), "4-bit weight blocks of 32": blocks(4, 32),
-            "4-bit weight blocks of 128": blocks(4, 128),
-            "dynamic int8, whole graph": lambda: quantize_int8(onnx_dir, (), prepared),
-            "dynamic int8, MLP output projections fp32": lambda: quantize_int8(onnx_dir, MLP_OUTPUT_PROJECTIONS,
-                                                                               prepared)}
+    def blocks(bits: int, size: int, source: Path = prepared, keep: tuple = ()):
+        return lambda: quantize_weight_blocks(onnx_dir, source, size, bits, keep)
+
+    forms = {"8-bit weight blocks of 32": blocks(8, 32),
+             "8-bit weight blocks of 32, MLP output projections fp32": blocks(8, 32, keep=MLP_OUTPUT_PROJECTIONS),
+             "8-bit weight blocks of 128": blocks(8, 128), "4-bit weight blocks of 32": blocks(4, 32),
+             "4-bit weight blocks of 128": blocks(4, 128),
+             "dynamic int8, whole graph": lambda: quantize_int8(onnx_dir, (), prepared),
+             "dynamic int8, MLP output projections fp32": lambda: quantize_int8(onnx_dir, MLP_OUTPUT_PROJECTIONS,
+                                                                                prepared)}
+    if fused is not None:
+        forms.update({"fused graph, fp32": lambda: Path(shutil.copy(fused, fused.with_name("copy.onnx"))),
+                      "fused graph, 8-bit weight blocks of 32": blocks(8, 32, fused),
+                      "fused graph, 8-bit weight blocks of 32, MLP output projections fp32":
+                          blocks(8, 32, fused, MLP_OUTPUT_PROJECTIONS)})
+    return forms
 
 
 def decode_speed(decoder, prompt: list[int], new_tokens: int) -> dict:
@@ -64,6 +75,7 @@ def run(args) -> dict:
     from mtn_sails.runtime.onnx_session import quiet_exporters
     from mtn_sails.runtime.onnx_session import ONNX_FILE, onnx_session
     from mtn_sails.runtime.decode_loop import decode
+    from mtn_sails.runtime.fused_graph import build_fused_graph, builds_fused
     from mtn_sails.runtime.quantize import AGREEMENT_PROMPTS, greedy_agreement, prepared_for_quantization
 
     model_dir = Path(args.model) if args.model else real_base_dir()
@@ -87,8 +99,12 @@ def run(args) -> dict:
             right = sum(tokenizer.decode(ids).strip() == expected
                         for ids, (_, expected) in zip(fp32_facts, trained))
             report["facts"] = {"file": Path(args.facts).name, "count": len(trained), "fp32_as_trained": right}
+        fused = build_fused_graph(model_dir, Path(tmp) / "fused") if builds_fused(model_dir) else None
+        fp32_gate = [answer(decoders["fp32"], ids) for ids in gate]
         with prepared_for_quantization(onnx_dir) as prepared:
-            for name, build in form_builders(onnx_dir, prepared).items():
+            for name, build in form_builders(onnx_dir, prepared, fused).items():
+                if args.forms and not any(part in name for part in args.forms):
+                    continue
                 path = build()
                 kept = path.with_name(f"{len(decoders)}.onnx")
                 path.rename(kept)
@@ -96,11 +112,13 @@ def run(args) -> dict:
                 gate_share, gate_positions = greedy_agreement(decoders["fp32"], decoders[name], gate)
                 held_share, held_positions = greedy_agreement(decoders["fp32"], decoders[name], held_out)
                 same = sum(answer(decoders[name], ids) == expected for ids, expected in zip(held_out, fp32_answers))
+                gate_same = sum(answer(decoders[name], ids) == expected for ids, expected in zip(gate, fp32_gate))
                 report["forms"][name] = {"mb": round(kept.stat().st_size / 1e6, 1),
                                          "gate_agreement": round(gate_share, 3), "gate_positions": gate_positions,
                                          "held_out_agreement": round(held_share, 3),
                                          "held_out_positions": held_positions,
-                                         "answers_as_fp32": f"{same}/{len(held_out)}"}
+                                         "answers_as_fp32": f"{same}/{len(held_out)}",
+                                         "gate_answers_as_fp32": f"{gate_same}/{len(gate)}"}
                 if trained:
                     same_facts = sum(answer(decoders[name], ids) == expected
                                      for ids, expected in zip(fact_prompts, fp32_facts))
@@ -122,6 +140,7 @@ def main() -> int:
     parser.add_argument("--facts", default=None, help="the data file --model was trained on: its questions too")
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--forms", nargs="*", default=None, help="only the forms whose names contain one of these")
     parser.add_argument("--json-out", default=None)
     args = parser.parse_args()
     report = run(args)

@@ -159,8 +159,9 @@ def test_export_passes_parity_and_writes_int8(family_run):
 
 def test_int8_is_8_bit_weight_blocks_where_the_projections_are_matmuls_and_dynamic_for_gpt2(family_run):
     import onnx
+    from transformers import AutoConfig
 
-    from mtn_sails.runtime.quantize import WEIGHT_BLOCKS, WHOLE_GRAPH
+    from mtn_sails.runtime.quantize import FUSED_BLOCKS, WEIGHT_BLOCKS, WHOLE_GRAPH
 
     graph = onnx.load(family_run.onnx / "onnx" / "model_quantized.onnx", load_external_data=False).graph
     blocks = [node for node in graph.node if node.op_type == "MatMulNBits"]
@@ -168,11 +169,33 @@ def test_int8_is_8_bit_weight_blocks_where_the_projections_are_matmuls_and_dynam
         assert family_run.export.int8.form == WHOLE_GRAPH and not blocks
         assert any(node.op_type == "MatMulInteger" for node in graph.node)
         return
-    assert family_run.export.int8.form == WEIGHT_BLOCKS
-    layers = onnx.load(family_run.onnx / "onnx" / "model.onnx", load_external_data=False).graph
-    weighted = {node.name for node in layers.node if node.op_type == "MatMul" and "/mlp/" in node.name}
-    assert weighted and all(node.op_type != "MatMul" for node in graph.node if node.name in weighted)
+    if family_run.name in ("llama", "qwen2"):  # onnxruntime-genai's builder writes these families fused
+        assert family_run.export.int8.form == FUSED_BLOCKS
+        layers = AutoConfig.from_pretrained(family_run.trained).num_hidden_layers
+        assert sum(node.op_type == "GroupQueryAttention" for node in graph.node) == layers
+        assert not any(node.op_type == "MatMul" for node in graph.node)
+    else:
+        assert family_run.export.int8.form == WEIGHT_BLOCKS
+        layers = onnx.load(family_run.onnx / "onnx" / "model.onnx", load_external_data=False).graph
+        weighted = {node.name for node in layers.node if node.op_type == "MatMul" and "/mlp/" in node.name}
+        assert weighted and all(node.op_type != "MatMul" for node in graph.node if node.name in weighted)
     assert {attribute.i for node in blocks for attribute in node.attribute if attribute.name == "bits"} == {8}
+
+
+def test_the_fused_graph_gives_the_logits_of_optimums_export(family_run, tmp_path):
+    import numpy as np
+
+    from mtn_sails.runtime.decoders import OnnxDecoder
+    from mtn_sails.runtime.fused_graph import build_fused_graph, builds_fused
+    from mtn_sails.runtime.onnx_session import model_file, onnx_session
+
+    if not builds_fused(family_run.trained):
+        assert family_run.name in ("gpt2", "gpt_neox")  # the builder writes Llama and Qwen2 only
+        return
+    fused = OnnxDecoder(onnx_session(build_fused_graph(family_run.trained, tmp_path / "fused")))
+    optimum = OnnxDecoder(onnx_session(model_file(family_run.onnx)))
+    for step in (np.array([[5, 9, 14, 3, 7]]), np.array([[11]]), np.array([[2]])):  # the prompt, then cached steps
+        assert np.abs(fused.forward(step) - optimum.forward(step)).max() < 1e-3
 
 
 def test_each_family_graph_names_its_mlp_output_projection_for_int8_to_keep_in_fp32(family_run):

@@ -202,7 +202,7 @@ def build_export(model_dir: Path, staging: Path, quantize: bool,
     say("🔢 Quantising to int8...")
     template, limit = template_beside(model_dir), context_length(model_dir) - AGREEMENT_STEPS
     prompts = [tokenizer.encode(template.prompt(prompt))[:limit] for prompt in AGREEMENT_PROMPTS]
-    return parity, build_int8(staging, prompts)
+    return parity, build_int8(staging, prompts, tokenizer.eos_token_id, model_dir)
 
 
 def export(config: ExportConfig, tolerance: float = PARITY_TOLERANCE) -> ExportResult:
@@ -214,9 +214,9 @@ def export(config: ExportConfig, tolerance: float = PARITY_TOLERANCE) -> ExportR
     if not model_dir.exists() and not store.sibling(model_dir, "old").exists():
         _check_trained_model(model_dir, config.output_dir)  # raises before anything is written
     weights = disk.weight_bytes(model_dir)
-    # fp32 ONNX holds the weights; --quantize adds the pre-processed copy it starts from and an int8 model of up to
-    # a half (a quarter, plus the MLP output projections when they stay fp32)
-    needed = weights * (10 if config.quantize else 4) // 4 + disk.MARGIN
+    # fp32 ONNX holds the weights; --quantize adds the pre-processed copy it starts from, the fused graph (Llama,
+    # Qwen2: another fp32 copy while it is quantised) and an int8 model of up to a half
+    needed = weights * (14 if config.quantize else 4) // 4 + disk.MARGIN
     writes = disk.Writes(onnx_dir, (store.sibling(onnx_dir, "staging"),), needed, weights)
     # The trained model is locked too: no training session may swap it while it is being read.
     with writes.translated(), store.locked(model_dir), store.locked(onnx_dir):

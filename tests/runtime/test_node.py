@@ -59,6 +59,7 @@ def test_node_greedy_tokens_equal_python_for_other_families(tmp_path_factory, fa
         assert result["tokenIds"] == python["tokenIds"], result["question"]
         assert result["text"] == python["text"]
     assert any(result["stoppedAtEos"] for result in node)
-    # Their int8 is the 8-bit weight-block form (MatMulNBits), which transformers.js loads as "q8".
+    # Their int8 is the fused graph in 8-bit weight blocks (GroupQueryAttention, MatMulNBits): transformers.js
+    # loads it as "q8".
     for result in node_generate(onnx_dir, QUESTIONS[:2], "--max-new-tokens", "40", "--int8"):
         assert result["tokenIds"] == python_generate(onnx_dir, result["question"], 40, int8=True)["tokenIds"]
