@@ -10,9 +10,12 @@ real_base_sessions.py, never used to choose the gate's threshold or its forms) b
 tokens/s of the `generate` decoder (batch 1, a chat-templated prompt, --new-tokens greedy steps, median of
 interleaved rounds), the file size, and how many of the held-out questions get fp32's answer word for word
 (free-running greedy, up to ANSWER_TOKENS tokens or the end of the turn); with --facts, the same for the
-questions of the file the model was trained on, and how many of them fp32 itself answers as trained. Forms: the exporter's three (8-bit
-weight blocks of 32, dynamic int8 on the whole graph, dynamic int8 with the MLP output projections in fp32),
-8-bit blocks of 128, and 4-bit blocks (MatMulNBits, the `--quantize int4` lever of issue 32) of 32 and 128.
+questions of the file the model was trained on, and how many of them fp32 itself answers as trained. Forms: the exporter's
+(8-bit weight blocks of 32 on the fused graph of fused_graph.py and on optimum's, dynamic int8 on the whole
+graph, dynamic int8 with the MLP output projections in fp32), the fused graph in fp32 (the fusion alone), 8-bit
+blocks of 32 with the MLP output projections in fp32, 8-bit blocks of 128, and 4-bit blocks (MatMulNBits, the
+`--quantize int4` lever of issue 32) of 32 and 128, on the fused graph of 32, alone and with the MLP output
+projections in 8 bits. --forms picks some by name.
 """
 from __future__ import annotations
 
@@ -48,8 +51,20 @@ def form_builders(onnx_dir: Path, prepared: Path, fused: Path | None) -> dict:
         forms.update({"fused graph, fp32": lambda: Path(shutil.copy(fused, fused.with_name("copy.onnx"))),
                       "fused graph, 8-bit weight blocks of 32": blocks(8, 32, fused),
                       "fused graph, 8-bit weight blocks of 32, MLP output projections fp32":
-                          blocks(8, 32, fused, MLP_OUTPUT_PROJECTIONS)})
+                          blocks(8, 32, fused, MLP_OUTPUT_PROJECTIONS),
+                      "fused graph, 4-bit weight blocks of 32": blocks(4, 32, fused),
+                      "fused graph, 4-bit weight blocks of 32, MLP output projections 8-bit": lambda: blocks(
+                          8, 32, blocks(4, 32, fused, MLP_OUTPUT_PROJECTIONS)())()})
     return forms
+
+
+def graph_mb(path: Path) -> float:
+    """Megabytes of an ONNX graph with the external weight files it names."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    files = {entry.value for tensor in graph.initializer for entry in tensor.external_data if entry.key == "location"}
+    return round(sum((path.parent / name).stat().st_size for name in {path.name, *files}) / 1e6, 1)
 
 
 def decode_speed(decoder, prompt: list[int], new_tokens: int) -> dict:
@@ -76,7 +91,7 @@ def run(args) -> dict:
     from mtn_sails.runtime.onnx_session import ONNX_FILE, onnx_session
     from mtn_sails.runtime.decode_loop import decode
     from mtn_sails.runtime.fused_graph import build_fused_graph, builds_fused
-    from mtn_sails.runtime.quantize import AGREEMENT_PROMPTS, greedy_agreement, prepared_for_quantization
+    from mtn_sails.runtime.quantize import AGREEMENT_PROMPTS, greedy_agreement, prepared_for_quantization, same_starts
 
     model_dir = Path(args.model) if args.model else real_base_dir()
     tokenizer, template = load_tokenizer(model_dir, "--model"), template_beside(model_dir)
@@ -100,7 +115,6 @@ def run(args) -> dict:
                         for ids, (_, expected) in zip(fp32_facts, trained))
             report["facts"] = {"file": Path(args.facts).name, "count": len(trained), "fp32_as_trained": right}
         fused = build_fused_graph(model_dir, Path(tmp) / "fused") if builds_fused(model_dir) else None
-        fp32_gate = [answer(decoders["fp32"], ids) for ids in gate]
         with prepared_for_quantization(onnx_dir) as prepared:
             for name, build in form_builders(onnx_dir, prepared, fused).items():
                 if args.forms and not any(part in name for part in args.forms):
@@ -112,19 +126,21 @@ def run(args) -> dict:
                 gate_share, gate_positions = greedy_agreement(decoders["fp32"], decoders[name], gate)
                 held_share, held_positions = greedy_agreement(decoders["fp32"], decoders[name], held_out)
                 same = sum(answer(decoders[name], ids) == expected for ids, expected in zip(held_out, fp32_answers))
-                gate_same = sum(answer(decoders[name], ids) == expected for ids, expected in zip(gate, fp32_gate))
-                report["forms"][name] = {"mb": round(kept.stat().st_size / 1e6, 1),
+                starts = lambda prompts: same_starts(decoders["fp32"], decoders[name], prompts,  # noqa: E731
+                                                     tokenizer.eos_token_id)
+                report["forms"][name] = {"mb": graph_mb(kept),
                                          "gate_agreement": round(gate_share, 3), "gate_positions": gate_positions,
                                          "held_out_agreement": round(held_share, 3),
                                          "held_out_positions": held_positions,
                                          "answers_as_fp32": f"{same}/{len(held_out)}",
-                                         "gate_answers_as_fp32": f"{gate_same}/{len(gate)}"}
+                                         "gate_starts_as_fp32": f"{starts(gate)}/{len(gate)}",
+                                         "held_out_starts_as_fp32": f"{starts(held_out)}/{len(held_out)}"}
                 if trained:
                     same_facts = sum(answer(decoders[name], ids) == expected
                                      for ids, expected in zip(fact_prompts, fp32_facts))
                     report["forms"][name]["facts_as_fp32"] = f"{same_facts}/{len(trained)}"
                 print(f"[int8_forms] {name}: {report['forms'][name]}", flush=True)
-        report["forms"]["fp32"] = {"mb": round((onnx_dir / ONNX_FILE).stat().st_size / 1e6, 1)}
+        report["forms"]["fp32"] = {"mb": graph_mb(onnx_dir / ONNX_FILE)}
         arms = {name: (lambda d=decoder: decode_speed(d, gate[0], args.new_tokens)) for name, decoder in decoders.items()}
         rounds = interleaved_rounds(arms, args.rounds)
     speeds = {name: arm_statistics([r[name]["tokens_per_s"] for r in rounds], digits=1) for name in decoders}

@@ -150,14 +150,17 @@ def generation_table(run: dict) -> str:
 def int8_forms_table(run: dict) -> str:
     """int8_forms.py's run: per form its file, agreement with fp32 on the gate and held-out prompts, speed."""
     facts = run.get("facts")
+    starts = any("gate_starts_as_fp32" in row for row in run["forms"].values())  # runs since the answer gate
     rows = []
     for form, row in sorted(run["forms"].items(), key=lambda item: item[0] != "fp32"):
         measured = "gate_agreement" in row
         trained = [row.get("facts_as_fp32", f"{facts['fp32_as_trained']}/{facts['count']} as trained")] if facts else []
         rows.append([form, f"{row['mb']} MB", f"{row['gate_agreement']:.3f}" if measured else "—",
-                     f"{row['held_out_agreement']:.3f}" if measured else "—", row.get("answers_as_fp32", "—"),
-                     *trained, f"{row['decode_tokens_per_s']['median']}", f"{row['vs_fp32']:.2f}x"])
+                     f"{row['held_out_agreement']:.3f}" if measured else "—",
+                     *([row.get("gate_starts_as_fp32", "—"), row.get("held_out_starts_as_fp32", "—")] if starts else []),
+                     row.get("answers_as_fp32", "—"), *trained, f"{row['decode_tokens_per_s']['median']}", f"{row['vs_fp32']:.2f}x"])
     return markdown(["form", "file", "agreement, gate prompts", "agreement, held-out questions",
+                     *(["gate answers starting as fp32's", "held-out answers starting as fp32's"] if starts else []),
                      "held-out answers word for word as fp32's", *(["trained facts as fp32's"] if facts else []),
                      "decode tokens/s (median)", "vs fp32"], rows)
 
