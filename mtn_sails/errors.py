@@ -63,7 +63,7 @@ REQUIREMENTS = {
     "optimum": "optimum-onnx",  # optimum.exporters.onnx and optimum.onnxruntime; it pulls in optimum itself
     "onnx": "onnx", "onnxruntime": "onnxruntime", "matplotlib": "matplotlib", "yaml": "PyYAML",
     "huggingface_hub": "huggingface_hub", "psutil": "psutil", "filelock": "filelock", "peft": "peft",
-    "jinja2": "Jinja2", "gguf": "gguf", "onnx_ir": "onnx-ir",
+    "jinja2": "Jinja2", "gguf": "gguf", "onnx_ir": "onnx-ir", "onnxruntime_genai": "onnxruntime-genai",
 }
 
 

@@ -214,6 +214,8 @@ def build_int8(onnx_dir: Path, prompts: Sequence[Sequence[int]], eos_token_id: i
         for tried, (form, build) in enumerate(builders.items(), start=1):
             try:
                 candidate = OnnxDecoder(onnx_session(build()))
+            except ModuleNotFoundError:
+                raise  # a requirement missing from the install: the CLI's one-line message says which
             except Exception:  # noqa: BLE001 - a model the builder cannot write still has the other forms
                 if form != FUSED_BLOCKS:
                     raise
