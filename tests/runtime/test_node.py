@@ -63,3 +63,29 @@ def test_node_greedy_tokens_equal_python_for_other_families(tmp_path_factory, fa
     # loads it as "q8".
     for result in node_generate(onnx_dir, QUESTIONS[:2], "--max-new-tokens", "40", "--int8"):
         assert result["tokenIds"] == python_generate(onnx_dir, result["question"], 40, int8=True)["tokenIds"]
+
+
+def test_an_answer_that_is_only_eos_streams_empty_text_instead_of_failing(web_export):
+    """Sampling can draw eos first: the answer is then empty, and transformers.js' decode([]) throws."""
+    import json
+    import subprocess
+
+    from helpers import REPO
+
+    _, onnx_dir = web_export
+    script = f"""
+import {{ AutoTokenizer, env }} from "@huggingface/transformers";
+import {{ AnswerStreamer }} from "./mtn_sails/runtime/web_page/sails.mjs";
+env.allowRemoteModels = false;
+env.localModelPath = {json.dumps(str(onnx_dir.parent) + "/")};
+const tokenizer = await AutoTokenizer.from_pretrained({json.dumps(onnx_dir.name)});
+const pieces = [];
+const streamer = new AnswerStreamer(tokenizer, (text) => pieces.push(text));
+streamer.put([[1n, 2n]]);  // the prompt
+streamer.end();
+console.log(JSON.stringify({{ text: streamer.text(), pieces }}));
+"""
+    done = subprocess.run(["node", "--input-type=module", "-e", script], cwd=REPO, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.splitlines()[-1]) == {"text": "", "pieces": []}

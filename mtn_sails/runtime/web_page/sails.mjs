@@ -52,7 +52,8 @@ export class AnswerStreamer {
   }
 
   text() {
-    return this.tokenizer.decode(this.tokenIds, DECODE);
+    // An answer that is only eos (sampling can draw it first) has no tokens left, and decode([]) throws.
+    return this.tokenIds.length ? this.tokenizer.decode(this.tokenIds, DECODE) : "";
   }
 
   flush(text) {
