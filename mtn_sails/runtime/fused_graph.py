@@ -14,6 +14,8 @@ import io
 import json
 from pathlib import Path
 
+from .onnx_session import quiet_exporters
+
 FUSED_ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM")  # the builder's decoders that match our families
 FUSED_ONNX_FILE = "model.onnx"
 
@@ -27,8 +29,6 @@ def builds_fused(model_dir: Path) -> bool:
 def build_fused_graph(model_dir: Path, work_dir: Path) -> Path:
     """Write the fused fp32 graph of the safetensors model in `model_dir` into `work_dir`; its path."""
     from onnxruntime_genai.models.builder import create_model
-
-    from .onnx_session import quiet_exporters
 
     work_dir.mkdir(parents=True, exist_ok=True)
     # The builder prints a line per tensor and a progress bar: none of it is for users.

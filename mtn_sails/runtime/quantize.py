@@ -194,15 +194,28 @@ def same_starts(reference: OnnxDecoder, candidate: OnnxDecoder, prompts: Sequenc
                == decode(candidate, list(ids), tokens, eos_token_id).token_ids for ids in prompts)
 
 
+def quantize_fused_blocks(onnx_dir: Path, model_dir: Path) -> Path | None:
+    """Write model_quantized.onnx from the fused graph of `model_dir` in 8-bit weight blocks; None when the
+    builder cannot write this model (the other forms are tried)."""
+    work_dir = onnx_dir / ".fused"
+    try:
+        return quantize_weight_blocks(onnx_dir, build_fused_graph(model_dir, work_dir))
+    except ModuleNotFoundError:
+        raise  # a requirement missing from the install: the CLI's one-line message says which
+    except Exception:  # noqa: BLE001 - a model the builder cannot write still has the other forms
+        return None
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)  # the int8 graph holds its weights itself
+
+
 def build_int8(onnx_dir: Path, prompts: Sequence[Sequence[int]], eos_token_id: int | None,
                model_dir: Path | None = None, min_agreement: float = MIN_INT8_AGREEMENT) -> Int8Report:
     """The int8 model of the export in `onnx_dir`, in the first form that passes the gate on `prompts` (token
     ids); none is left when no form does. `model_dir` (the trained model) lets Llama and Qwen2 try the fused graph."""
     fp32 = OnnxDecoder(onnx_session(onnx_dir / ONNX_FILE))
     best = Int8Report(0.0, 0, WHOLE_GRAPH, False, min_agreement)
-    fused_dir = onnx_dir / ".fused"
     with prepared_for_quantization(onnx_dir) as prepared:  # once for every form
-        builders = {FUSED_BLOCKS: lambda: quantize_weight_blocks(onnx_dir, build_fused_graph(model_dir, fused_dir)),
+        builders = {FUSED_BLOCKS: lambda: quantize_fused_blocks(onnx_dir, model_dir),
                     WEIGHT_BLOCKS: lambda: quantize_weight_blocks(onnx_dir, prepared),
                     WHOLE_GRAPH: lambda: quantize_int8(onnx_dir, (), prepared),
                     MLP_OUTPUT_FP32: lambda: quantize_int8(onnx_dir, MLP_OUTPUT_PROJECTIONS, prepared),
@@ -212,21 +225,15 @@ def build_int8(onnx_dir: Path, prompts: Sequence[Sequence[int]], eos_token_id: i
         if has_gemm_weights(prepared):
             del builders[WEIGHT_BLOCKS]
         for tried, (form, build) in enumerate(builders.items(), start=1):
-            try:
-                candidate = OnnxDecoder(onnx_session(build()))
-            except ModuleNotFoundError:
-                raise  # a requirement missing from the install: the CLI's one-line message says which
-            except Exception:  # noqa: BLE001 - a model the builder cannot write still has the other forms
-                if form != FUSED_BLOCKS:
-                    raise
+            path = build()
+            if path is None:
                 continue
-            finally:
-                shutil.rmtree(fused_dir, ignore_errors=True)  # the int8 graph holds its weights itself
+            candidate = OnnxDecoder(onnx_session(path))
             agreement, positions = greedy_agreement(fp32, candidate, prompts)
             report = Int8Report(agreement, positions, form, False, min_agreement, tried,
                                 same_starts(fp32, candidate, prompts, eos_token_id), len(prompts))
             if report.passes():
                 return replace(report, shipped=True)
-            best = max(best, report, key=lambda found: (found.passes(), found.same_starts, found.agreement))
+            best = max(best, report, key=lambda found: (found.same_starts, found.agreement))
     (onnx_dir / QUANTIZED_ONNX_FILE).unlink(missing_ok=True)
     return replace(best, forms_tried=len(builders))
