@@ -198,6 +198,33 @@ def test_the_fused_graph_gives_the_logits_of_optimums_export(family_run, tmp_pat
         assert np.abs(fused.forward(step) - optimum.forward(step)).max() < 1e-3
 
 
+def test_the_fused_int8_decoder_fills_its_cache_in_place_with_the_logits_of_a_growing_one(family_run, tmp_path,
+                                                                                          monkeypatch):
+    import numpy as np
+    import onnx
+
+    from mtn_sails.runtime import decoders
+    from mtn_sails.runtime.onnx_session import model_file, onnx_session
+    from mtn_sails.runtime.quantize import FUSED_BLOCKS
+
+    in_place = decoders.OnnxDecoder(onnx_session(model_file(family_run.onnx, int8=True)))
+    if family_run.export.int8.form != FUSED_BLOCKS:
+        assert not in_place.shared  # optimum's graphs concatenate their cache: it grows a step
+        return
+    graph = onnx.load(model_file(family_run.onnx, int8=True))
+    del graph.metadata_props[:]  # the same graph unmarked: the decoder feeds each step's present back
+    onnx.save(graph, str(tmp_path / "unmarked.onnx"))
+    growing = decoders.OnnxDecoder(onnx_session(tmp_path / "unmarked.onnx"))
+    monkeypatch.setattr(decoders, "FIRST_CAPACITY", 4)  # the 6-token prompt and the 9th position outgrow it
+    assert in_place.shared and not growing.shared
+    steps = [np.array([[5, 9, 14, 3, 7, 8]])] + [np.array([[token]]) for token in (11, 2, 6, 4, 13)]
+    for _ in range(2):  # the second pass, after reset, runs over what the first left in the buffers
+        in_place.reset()
+        growing.reset()
+        for step in steps:
+            assert np.array_equal(in_place.forward(step), growing.forward(step))
+
+
 def test_each_family_graph_names_its_mlp_output_projection_for_int8_to_keep_in_fp32(family_run):
     import onnx
     from transformers import AutoConfig

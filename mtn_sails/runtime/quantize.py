@@ -34,7 +34,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from .decode_loop import decode
-from .decoders import OnnxDecoder
+from .decoders import SHARED_CACHE, OnnxDecoder
 from .fused_graph import build_fused_graph, builds_fused
 from .onnx_session import ONNX_FILE, QUANTIZED_ONNX_FILE, onnx_session, quiet_exporters
 
@@ -156,6 +156,8 @@ def quantize_weight_blocks(onnx_dir: Path, source: Path, block_size: int = WEIGH
                                          accuracy_level=4, nodes_to_exclude=excluded)
         quantizer.process()
         quantizer.model.topological_sort()
+        if any(node.op_type == "GroupQueryAttention" for node in graph.graph.node):
+            quantizer.model.model.metadata_props.add(key=SHARED_CACHE, value="1")  # OnnxDecoder's in-place cache
         # Weights beside the graph under the name transformers.js and quantize_dynamic use (save_model_to_file's
         # is "model_quantized.onnx.data").
         onnx.save_model(quantizer.model.model, str(target), save_as_external_data=_external(onnx_dir),
