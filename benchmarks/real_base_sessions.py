@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import subprocess
 import sys
 import time
@@ -69,15 +70,20 @@ def session_command(number: int, data: Path, output: Path, seed: int, train_args
 
 
 def run(seed: int, per_session: int, work: Path, sessions: int = 3, train_args: Sequence[str] = (),
-        later_args: Sequence[str] | None = None) -> dict:
+        later_args: Sequence[str] | None = None, after_first: Path | None = None) -> dict:
     """Default sessions (plus `train_args`; after the first, `later_args` where given) from the .gguf file into one
-    directory; the figures after each."""
+    directory; the figures after each. `after_first`: the model directory a first session of this seed left, copied
+    and continued from session 2 on, so that later-session arms start from one and the same model."""
     rng = random.Random(seed)
     session_facts = [facts(rng, per_session) for _ in range(sessions)]
     output = work / "trained_model"
+    if after_first is not None:
+        shutil.copytree(after_first, output)
     base = measure(real_base_dir(), [])
     rows = []
     for number, session in enumerate(session_facts, start=1):
+        if number == 1 and after_first is not None:
+            continue
         data = work / f"session_{number}.json"
         data.write_text(json.dumps([{"question": q, "answer": a} for q, a in session]), encoding="utf-8")
         command = session_command(number, data, output, seed, train_args, later_args)
@@ -98,6 +104,8 @@ def run(seed: int, per_session: int, work: Path, sessions: int = 3, train_args: 
                      / max(1, sum(base["general"]))})
         print(json.dumps(rows[-1]), flush=True)
     later = {"later_args": list(later_args)} if later_args is not None else {}
+    if after_first is not None:
+        later["after_first"] = True
     return {"seed": seed, "facts_per_session": per_session, "train_args": list(train_args), **later,
             "base_general_right": sum(base["general"]), "general_questions": len(GENERAL), "sessions": rows}
 
@@ -111,13 +119,17 @@ def main() -> int:
     parser.add_argument("--train-args", default="", help="options added to every session, e.g. '--replay 0.5'")
     parser.add_argument("--later-args", default=None, help="options for the sessions after the first instead of "
                         "--train-args, e.g. a lower --null-space")
+    parser.add_argument("--after-first", default=None, help="a trained model directory a one-session run of this "
+                        "seed left (its --work's trained_model): copied and continued from session 2, to compare "
+                        "later-session options from one start")
     parser.add_argument("--json-out", default=None)
     args = parser.parse_args()
     import tempfile
 
     with tempfile.TemporaryDirectory() as temporary:
         result = run(args.seed, args.facts, Path(args.work or temporary), args.sessions, args.train_args.split(),
-                     None if args.later_args is None else args.later_args.split())
+                     None if args.later_args is None else args.later_args.split(),
+                     Path(args.after_first) if args.after_first else None)
     result["machine"] = machine("torch")
     write_json(args.json_out, result)
     print(json.dumps(result, indent=1))

@@ -5,7 +5,9 @@ Replay within a tenth of the examples rehearses one or two stored answers an epo
 lever built on it stayed far from keeping the base (BENCHMARKS.md, "Knowledge on a real base"). This one protects
 without replaying: before training, the start model reads the protected examples (the base's own answers and every
 earlier session's stored examples) and each weight matrix of the blocks records the inputs it sees, as the
-covariance of those inputs. The eigen-directions holding the share E of that energy are protected: after every
+covariance of those inputs, each protected slice (the base's, each earlier session's) scaled to the same total so
+that a slice of a dozen short answers counts as much as the base's hundred long ones. The eigen-directions holding
+the share E of that energy are protected: after every
 optimizer step, the matrix's change since the session start is projected onto the directions orthogonal to
 them (null-space constrained editing, as AlphaEdit does in closed form; here on top of Adam's steps). A matrix W
 whose change D satisfies D·u = 0 for every protected direction u gives the same output on those inputs, so with
@@ -115,6 +117,23 @@ def input_covariances(model, examples: Sequence[dict[str, list[int]]], pad_id: i
     return {name: sums[owner[name]] for name in matrices if name in owner}
 
 
+def slice_covariances(model, slices: Sequence[Sequence[dict[str, list[int]]]], pad_id: int) -> dict[str, Any]:
+    """Per block matrix, the sum over `slices` of each slice's input covariance divided by its trace, so every
+    slice holds the same share of the energy. Matrices that share a sum in one slice share it in the mixture."""
+    mixed: dict[str, Any] = {}
+    for examples in (examples for examples in slices if examples):
+        covariances, scaled = input_covariances(model, examples, pad_id), {}
+        for name, covariance in covariances.items():
+            if id(covariance) not in scaled:
+                scaled[id(covariance)] = (name, covariance / covariance.trace().clamp(min=1e-12))
+            owner, share = scaled[id(covariance)]
+            if owner == name:
+                mixed[name] = mixed[name] + share if name in mixed else share
+            else:
+                mixed[name] = mixed[owner]
+    return mixed
+
+
 def protected_directions(covariance, energy: float):
     """The orthonormal eigen-directions of `covariance` holding the share `energy` of its trace, largest first."""
     import torch
@@ -128,13 +147,13 @@ def protected_directions(covariance, energy: float):
     return vectors[:, :min(kept, len(values))].float().contiguous()
 
 
-def restrict_to_null_space(model, protected_examples: Sequence[dict[str, list[int]]], energy: float,
+def restrict_to_null_space(model, protected_slices: Sequence[Sequence[dict[str, list[int]]]], energy: float,
                            pad_id: int, reader=None) -> NullSpace:
     """Freeze every parameter but the blocks' weight matrices and record, for each, the directions of its inputs
-    on `protected_examples` that hold `energy` of their energy, read by `reader` (the session's start model;
-    None: `model`)."""
+    on the tokenised `protected_slices`, weighted alike, that hold `energy` of their energy, read by `reader` (the
+    session's start model; None: `model`)."""
     reader = reader if reader is not None else model
-    covariances = input_covariances(reader, protected_examples, pad_id)
+    covariances = slice_covariances(reader, protected_slices, pad_id)
     matrices, at_start = block_matrices(model), dict(reader.named_parameters())
     directions, transposed, start, frozen, solved = {}, set(), {}, [], {}
     for name, parameter in model.named_parameters():
@@ -154,15 +173,15 @@ def restrict_to_null_space(model, protected_examples: Sequence[dict[str, list[in
     return NullSpace(directions, transposed, start, frozen, protected, sum(d.shape[0] for d in directions.values()))
 
 
-def protected_records(energy: float, model_dir: Path, continues: bool, base) -> list[Record]:
-    """What --null-space `energy` protects: nothing when 0; else the base's replay slice (`base`, session 0's
-    BaseAnswers, in a first session) or, in a continuing one, every earlier session's stored replay examples, the
-    base's among them."""
+def protected_records(energy: float, model_dir: Path, continues: bool, base) -> list[list[Record]]:
+    """What --null-space `energy` protects, slice by slice: nothing when 0; else the base's replay slice (`base`,
+    session 0's BaseAnswers, in a first session) or, in a continuing one, each earlier session's stored replay
+    examples, the base's among them."""
     if not energy:
         return []
     if continues:
-        return [record for records in store.read_slices(model_dir, store.REPLAY_DIR).values() for record in records]
-    return list(base.replay) if base is not None else []
+        return [records for records in store.read_slices(model_dir, store.REPLAY_DIR).values() if records]
+    return [list(base.replay)] if base is not None and base.replay else []
 
 
 def null_space_callback(null_space: NullSpace):

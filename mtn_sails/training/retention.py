@@ -284,7 +284,7 @@ def prepare_retention(config, model, tokenizer, template, pool: dict[int, list],
     (`config` is the session's TrainConfig; `pool` maps earlier session numbers to stored records; `new_examples`
     are this session's tokenised examples; `load_start` gives the session's start model when `model` is not it,
     as on --resume; `new_records` a sample of this session's records, for --replay-select nearest; `protected` the
-    records whose inputs --null-space keeps out of the session's changes)."""
+    slices of records whose inputs --null-space keeps out of the session's changes)."""
     import copy
 
     from .tokenizing import tokenize_records
@@ -313,7 +313,8 @@ def prepare_retention(config, model, tokenizer, template, pool: dict[int, list],
     teacher = start if distilling else None
     sparse = restrict_updates(model, new_examples, config.sparse_update, config.seed) if config.sparse_update \
         else None
-    kept_out = restrict_to_null_space(model, tokenize_records(protected, tokenizer, template, max_length),
+    kept_out = restrict_to_null_space(model, [tokenize_records(records, tokenizer, template, max_length)
+                                              for records in protected],
                                       config.null_space, pad_id, start) if config.null_space and protected else None
     return SessionRetention(examples if sampler else [], Retention(sampler, teacher, config.distill_weight,
                                                                    config.distill_on, config.replay_weight),

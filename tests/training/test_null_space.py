@@ -37,7 +37,7 @@ def test_any_change_projected_leaves_the_protected_answers_as_they_were_and_move
     model = tiny_model(family)
     protected_before, other_before = logits(model, PROTECTED), logits(model, OTHER)
     # 10 protected tokens span at most 10 of the 32 input directions: at this energy all of them are protected
-    kept_out = restrict_to_null_space(model, PROTECTED, 0.999999, pad_id=0)
+    kept_out = restrict_to_null_space(model, [PROTECTED], 0.999999, pad_id=0)
     trained = [p for p in model.parameters() if p.requires_grad]
     assert trained and all(p.dim() == 2 for p in trained)
     assert model.get_input_embeddings().weight.requires_grad is False  # embeddings, norms and biases frozen
@@ -49,6 +49,27 @@ def test_any_change_projected_leaves_the_protected_answers_as_they_were_and_move
     protected_after, other_after = logits(model, PROTECTED), logits(model, OTHER)
     assert all(torch.allclose(a, b, atol=1e-3) for a, b in zip(protected_before, protected_after))
     assert (other_after[0] - other_before[0]).abs().max() > 0.01
+
+
+def test_a_short_slice_is_protected_as_well_beside_a_long_one():
+    """The base's slice has ten times the tokens of an earlier session's: weighted alike, the short slice's
+    answers move less than when the two are pooled into one covariance at the same energy."""
+    from mtn_sails.training.null_space import restrict_to_null_space
+
+    long_slice = [{"input_ids": [(7 * row + 3 * col) % 60 + 1 for col in range(8)]} for row in range(8)]
+    short_slice = [{"input_ids": [71, 83, 95]}]
+    moved = {}
+    for arrangement, slices in (("alike", [long_slice, short_slice]), ("pooled", [long_slice + short_slice])):
+        model = tiny_model("llama")
+        before = logits(model, short_slice)[0]
+        kept_out = restrict_to_null_space(model, slices, 0.8, pad_id=0)
+        torch.manual_seed(1)
+        with torch.no_grad():
+            for parameter in (p for p in model.parameters() if p.requires_grad):
+                parameter.add_(0.5 * parameter.std() * torch.randn_like(parameter))
+        kept_out.project(model)
+        moved[arrangement] = float((logits(model, short_slice)[0] - before).abs().mean())
+    assert moved["alike"] < 0.5 * moved["pooled"]
 
 
 def answer_logprobs(model_dir, records) -> torch.Tensor:
