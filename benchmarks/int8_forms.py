@@ -38,7 +38,7 @@ def form_builders(onnx_dir: Path, prepared: Path, fused: Path | None) -> dict:
     from mtn_sails.runtime.quantize import MLP_OUTPUT_PROJECTIONS, quantize_int8, quantize_weight_blocks
 
     def blocks(bits: int, size: int, source: Path = prepared, keep: tuple = ()):
-        return lambda: quantize_weight_blocks(onnx_dir, source, size, bits, keep)
+        return lambda: quantize_weight_blocks(onnx_dir, source, size, bits, keep, fused=source == fused)
 
     forms = {"8-bit weight blocks of 32": blocks(8, 32),
              "8-bit weight blocks of 32, MLP output projections fp32": blocks(8, 32, keep=MLP_OUTPUT_PROJECTIONS),

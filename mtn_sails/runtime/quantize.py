@@ -34,8 +34,8 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from .decode_loop import decode
-from .decoders import SHARED_CACHE, OnnxDecoder
-from .fused_graph import build_fused_graph, builds_fused
+from .decoders import OnnxDecoder
+from .fused_graph import build_fused_graph, builds_fused, for_decoding
 from .onnx_session import ONNX_FILE, QUANTIZED_ONNX_FILE, onnx_session, quiet_exporters
 
 MIN_INT8_AGREEMENT = 0.9  # share of greedy steps where int8's top token is fp32's
@@ -141,23 +141,23 @@ def quantize_int8(onnx_dir: Path, keep_fp32: Sequence[str] = (), prepared: Path 
 
 
 def quantize_weight_blocks(onnx_dir: Path, source: Path, block_size: int = WEIGHT_BLOCK, bits: int = 8,
-                           keep_fp32: Sequence[str] = ()) -> Path:
-    """Write model_quantized.onnx from the graph `source` (prepared_for_quantization, or a fused graph): every
-    MatMul with constant weights, bar those whose names contain one of `keep_fp32`, as MatMulNBits (`bits`-bit
-    weights in blocks of `block_size`, int8 activations per block)."""
+                           keep_fp32: Sequence[str] = (), fused: bool = False) -> Path:
+    """Write model_quantized.onnx from the graph `source` (prepared_for_quantization, or a fused graph when
+    `fused`, made for decoding first): every MatMul with constant weights, bar those whose names contain one of
+    `keep_fp32`, as MatMulNBits (`bits`-bit weights in blocks of `block_size`, int8 activations per block)."""
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     target = onnx_dir / QUANTIZED_ONNX_FILE
     with quiet_exporters():
         graph = onnx.load(str(source))
+        if fused:
+            for_decoding(graph)
         excluded = [node.name for node in graph.graph.node if any(part in node.name for part in keep_fp32)]
         quantizer = MatMulNBitsQuantizer(graph, bits=bits, block_size=block_size, is_symmetric=False,
                                          accuracy_level=4, nodes_to_exclude=excluded)
         quantizer.process()
         quantizer.model.topological_sort()
-        if any(node.op_type == "GroupQueryAttention" for node in graph.graph.node):
-            quantizer.model.model.metadata_props.add(key=SHARED_CACHE, value="1")  # OnnxDecoder's in-place cache
         # Weights beside the graph under the name transformers.js and quantize_dynamic use (save_model_to_file's
         # is "model_quantized.onnx.data").
         onnx.save_model(quantizer.model.model, str(target), save_as_external_data=_external(onnx_dir),
@@ -201,7 +201,7 @@ def quantize_fused_blocks(onnx_dir: Path, model_dir: Path) -> Path | None:
     builder cannot write this model (the other forms are tried)."""
     work_dir = onnx_dir / ".fused"
     try:
-        return quantize_weight_blocks(onnx_dir, build_fused_graph(model_dir, work_dir))
+        return quantize_weight_blocks(onnx_dir, build_fused_graph(model_dir, work_dir), fused=True)
     except ModuleNotFoundError:
         raise  # a requirement missing from the install: the CLI's one-line message says which
     except Exception:  # noqa: BLE001 - a model the builder cannot write still has the other forms
