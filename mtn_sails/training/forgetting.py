@@ -11,6 +11,9 @@ from pathlib import Path
 
 from ..model_dir import store
 from ..config import KEEP_THRESHOLD
+
+NULL_SPACE_FIRST = 0.95  # --null-space advised for a first session that cost the base (BENCHMARKS.md)
+NULL_SPACE_LATER = 0.6  # and for a continuing one: more leaves a session at 1e-5 short of its own facts
 from ..data.files import Record
 from .base_answers import BASE_SESSION, BaseAnswers
 from .probe import ProbeScore, score_probe
@@ -83,13 +86,17 @@ def lost_answers(rows: list[ForgettingRow], threshold: float = KEEP_THRESHOLD) -
     return [row for row in rows if row.kept is not None and row.kept < threshold]
 
 
-def retention_advice(replay: float, base_unreplayed: bool = False) -> str:
-    """What to change so that a later session keeps more of the earlier answers than this one did;
-    `base_unreplayed`: the base lost answers in a session that replayed none of them (session 1, --replay-base later)."""
+def retention_advice(replay: float, base: bool = False, first_session: bool = False, null_space: float = 0.0) -> str:
+    """What to change so that a later session keeps more of the earlier answers than this one did; `base`: the row
+    is the base's (session 0), lost in a first session when `first_session`, with --null-space `null_space`."""
     where = "CONTINUOUS_TRAINING.md, 'Keeping what was learned'"
-    if base_unreplayed:  # more --replay has nothing to draw from in session 1: only the base's own answers can come back
-        return (f"train session 1 with --replay-base first to replay the base's own answers (it kept more of them "
-                f"on SmolLM2, not all); {where}")
+    if base and not null_space:  # replay has little to draw from: keep the base's inputs out of the changes instead
+        energy = NULL_SPACE_FIRST if first_session else NULL_SPACE_LATER
+        return (f"train {'session 1' if first_session else 'it'} with --null-space {energy:g} to keep the inputs the "
+                f"base's answers use out of its changes (on SmolLM2 it kept more of them, in up to twice the time); "
+                f"{where}")
+    if base:
+        return f"train it with a higher --null-space (this session: {null_space:g}) to keep more of them; {where}"
     more_replay = max(round(2 * replay, 3), 0.1)
     return f"train it with --replay {more_replay:g} to keep more of them (this session: --replay {replay:g}); {where}"
 

@@ -35,12 +35,11 @@ def report_session(session: SessionRecord, output_dir: Path, backup_dir: Path | 
         say(f"📊 Forgetting ({forgetting_measures(session)} of earlier sessions, then -> now):")
         for row in rows:
             say(row)
-    base_unreplayed = session.session == 1 and config.replay_base == "later"
     for row in lost_answers(session.forgetting, config.keep_threshold):
         who = "The base lost its own answers to general prompts" if row.session == 0 \
             else f"Session {row.session} lost answers"
         say(f"⚠️  {who}: recall {row.recall_before:.2f} -> {row.recall_after:.2f} "
             f"(keeps {row.kept:.0%}, under {config.keep_threshold:.0%}); "
-            f"{retention_advice(config.replay, row.session == 0 and base_unreplayed)}")
+            f"{retention_advice(config.replay, row.session == 0, session.session == 1, config.null_space)}")
     if backup_dir is not None:
         say(f"💾 The previous contents of {output_dir} were kept at {backup_dir}")

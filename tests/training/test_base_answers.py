@@ -112,8 +112,15 @@ def test_the_base_row_is_named_base_in_the_tables_and_the_warning(capsys):
     report_session(session, __import__("pathlib").Path("m"), None, TrainConfig(data_file="x.json"))
     warning = capsys.readouterr().out
     assert "⚠️  The base lost its own answers to general prompts: recall 1.00 -> 0.50 (keeps 50%" in warning
-    # session 1 replays none of the base's answers by default: more --replay would draw nothing, so it is not advised
-    assert "train session 1 with --replay-base first" in warning and "--replay 0.2" not in warning
+    # replay of a dozen records an epoch rehearses one base answer: the null space is what kept the base on SmolLM2
+    assert "train session 1 with --null-space 0.95 to keep the inputs" in warning and "--replay 0.2" not in warning
     later = SessionRecord(2, recall=1.0, probe_count=6, forgetting=[row])
     report_session(later, __import__("pathlib").Path("m"), None, TrainConfig(data_file="x.json"))
-    assert "train it with --replay 0.2 to keep more of them" in capsys.readouterr().out
+    assert "train it with --null-space 0.6 to keep the inputs" in capsys.readouterr().out
+    report_session(later, __import__("pathlib").Path("m"), None, TrainConfig(data_file="x.json", null_space=0.6))
+    assert "a higher --null-space (this session: 0.6)" in capsys.readouterr().out
+    earlier = ForgettingRow(1, recall_before=1.0, recall_after=0.5, answer_logprob_before=-0.7,
+                            answer_logprob_after=-0.9, probe_count=6, kept=0.5)
+    report_session(SessionRecord(2, recall=1.0, probe_count=6, forgetting=[earlier]), __import__("pathlib").Path("m"),
+                   None, TrainConfig(data_file="x.json"))
+    assert "⚠️  Session 1 lost answers" in (out := capsys.readouterr().out) and "train it with --replay 0.2" in out
