@@ -37,16 +37,20 @@ def name(rng: random.Random, syllables: int) -> str:
     return "".join(rng.choice(SYLLABLES) for _ in range(syllables)).capitalize()
 
 
-def facts(rng: random.Random, count: int) -> list[tuple[str, str]]:
-    """`count` invented question/answer facts, one-word to sentence answers, no place asked twice."""
-    drawn, places = [], set()
+def facts(rng: random.Random, count: int, asked: set[str] | None = None) -> list[tuple[str, str]]:
+    """`count` invented question/answer facts, one-word to sentence answers, no place asked twice, and no question
+    in `asked` (the earlier sessions', updated in place): a question asked again with another answer would count
+    an update as forgetting."""
+    drawn, places, asked = [], set(), asked if asked is not None else set()
     while len(drawn) < count:
         place = name(rng, 2)
         attribute, value = rng.choice(ATTRIBUTES)
-        if place in places:
+        question = f"What is the {attribute} of {place}?"
+        if place in places or question in asked:
             continue
         places.add(place)
-        drawn.append((f"What is the {attribute} of {place}?", f"The {attribute} of {place} is {value(rng)}."))
+        asked.add(question)
+        drawn.append((question, f"The {attribute} of {place} is {value(rng)}."))
     return drawn
 
 
@@ -75,7 +79,8 @@ def run(seed: int, per_session: int, work: Path, sessions: int = 3, train_args: 
     directory; the figures after each. `after_first`: the model directory a first session of this seed left, copied
     and continued from session 2 on, so that later-session arms start from one and the same model."""
     rng = random.Random(seed)
-    session_facts = [facts(rng, per_session) for _ in range(sessions)]
+    asked: set[str] = set()
+    session_facts = [facts(rng, per_session, asked) for _ in range(sessions)]
     output = work / "trained_model"
     if after_first is not None:
         shutil.copytree(after_first, output)

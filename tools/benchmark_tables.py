@@ -22,6 +22,8 @@ SCHEDULE_RUNS = ("real_base_sessions.json", "real_base_sessions_seed23_linear.js
 INTERPOLATION_RUNS = ("real_base_sessions_seed11_constant.json", "real_base_sessions_seed11_auto.json",
                       "real_base_sessions.json", "real_base_sessions_seed23_auto.json")
 NULL_SPACE_RUNS = ("real_base_sessions.json", "real_base_sessions_seed23_null_space.json")
+LATER_BATCH4_RUNS = ("real_base_sessions_seed31_defaults.json", "real_base_sessions_seed31_later_batch4.json",
+                     "real_base_sessions_seed47_defaults.json", "real_base_sessions_seed47_later_batch4.json")
 REPLAY_BASE_RUNS = ("real_base_sessions_seed11_constant.json", "real_base_sessions_seed11_replay_base_first.json",
                     "real_base_sessions.json", "real_base_sessions_seed23_repeat.json",
                     "real_base_sessions_seed23_replay_base_first.json")
@@ -109,6 +111,20 @@ def arms_table(name: str, timed: bool = False) -> str:
                      *([f"{row['replay_share']:.3f}", f"{row['seconds']:.1f}"] if timed else [])])
     return markdown(["arm", "epochs (why)", "recall (chat path)", "base kept", "general kept",
                      *(["replay", "s"] if timed else [])], rows)
+
+
+def later_arms_table(name: str) -> str:
+    """real_base_sessions.py --after-first arms: sessions 2 and 3 continued from one saved first session, each arm
+    with its own options for them; what session 3 left of everything."""
+    rows = []
+    for arm, run in result(name)["arms"].items():
+        sessions, last = run["sessions"], run["sessions"][-1]
+        rows.append([arm if arm == "defaults" else f"`{arm}`" if arm.startswith("--") else arm,
+                     *(f"{stopped(row)}, {share(row['recall_now'][-1])}" for row in sessions),
+                     " / ".join(share(kept) for kept in last["recall_now"][:-1]), share(last["base_kept"]),
+                     share(last["general_kept"]), f"{sum(row['seconds'] for row in sessions):.0f}"])
+    return markdown(["later sessions' options", "session 2: epochs (why), recall", "session 3: epochs (why), recall",
+                     "after session 3: sessions 1 / 2 kept", "base kept", "general kept", "s, sessions 2–3"], rows)
 
 
 def speed_table(name: str) -> str:
@@ -220,6 +236,9 @@ TABLES: dict[str, Callable[[], str]] = {
     "real_base_null_space_held_out_seed31": lambda: schedules_table(("real_base_sessions_seed31_defaults.json",
                                                                  "real_base_sessions_seed31_null_space.json"),
                                                                 arguments_and_machine, "options, machine, day"),
+    "real_base_later_arms_seed11": lambda: later_arms_table("real_base_later_arms_seed11.json"),
+    "real_base_later_batch4_held_out": lambda: schedules_table(LATER_BATCH4_RUNS, arguments_and_machine,
+                                                               "options, machine, day"),
     "real_base_replay_base": lambda: schedules_table(REPLAY_BASE_RUNS, arguments_and_machine, "options, machine, day"),
     "session_speed_real_base": lambda: speed_table("session_speed_real_base.json"),
     "session_speed_real_base_avx2": lambda: speed_table("session_speed_real_base_avx2.json"),
