@@ -217,6 +217,8 @@ TABLES: dict[str, Callable[[], str]] = {
     "int8_forms_fused": lambda: int8_forms_table(result("int8_forms_fused.json")),
     "int8_forms_fused_trained": lambda: int8_forms_table(result("int8_forms_fused_trained.json")),
     "llama_cpp_speed_fused": lambda: generation_table(result("llama_cpp_speed_fused.json")),
+    "llama_cpp_speed_in_place": lambda: generation_table(result("llama_cpp_speed_in_place.json")),
+    "llama_cpp_speed_last_logits": lambda: generation_table(result("llama_cpp_speed_last_logits.json")),
     "real_base_sessions": lambda: sessions_table("real_base_sessions.json"),
     "real_base_schedules": schedules_table,
     "real_base_interpolation": lambda: schedules_table(INTERPOLATION_RUNS, arguments, "options"),
