@@ -23,8 +23,9 @@ INTERPOLATION_RUNS = ("real_base_sessions_seed11_constant.json", "real_base_sess
                       "real_base_sessions.json", "real_base_sessions_seed23_auto.json")
 NULL_SPACE_RUNS = ("real_base_sessions.json", "real_base_sessions_seed23_null_space.json")
 LATER_BATCH4_RUNS = ("real_base_sessions.json", "real_base_sessions_seed23_repeat.json",
-                     "real_base_sessions_seed23_later_batch4.json", "real_base_sessions_seed31_defaults.json", "real_base_sessions_seed31_later_batch4.json",
-                     "real_base_sessions_seed47_defaults.json", "real_base_sessions_seed47_later_batch4.json")
+                     "real_base_sessions_seed23_later_batch4.json", "real_base_sessions_seed31_defaults.json",
+                     "real_base_sessions_seed31_later_batch4.json", "real_base_sessions_seed47_defaults.json",
+                     "real_base_sessions_seed47_later_batch4.json")
 REPLAY_BASE_RUNS = ("real_base_sessions_seed11_constant.json", "real_base_sessions_seed11_replay_base_first.json",
                     "real_base_sessions.json", "real_base_sessions_seed23_repeat.json",
                     "real_base_sessions_seed23_replay_base_first.json")

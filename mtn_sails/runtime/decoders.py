@@ -27,7 +27,8 @@ class Decoder(Protocol):
         """Forget the cache: the next `forward` starts a new sequence."""
 
 
-SHARED_CACHE = "mtn_sails.cache_in_place"  # graph metadata: its attention writes the KV cache into the past buffers
+SHARED_CACHE = "mtn_sails.cache_in_place"  # graph metadata: its attention writes the KV cache into the past buffers,
+# and its logits come for the last position only (fused_graph.for_decoding)
 FIRST_CAPACITY = 256  # cache positions a shared cache starts with; it doubles when a sequence outgrows it
 
 
@@ -63,8 +64,10 @@ class OnnxDecoder:
             self._step_logits = np.zeros((1, 1, logits.shape[2]), dtype=self._dtype(logits))
             self._step_value = ort.OrtValue.ortvalue_from_numpy(self._step_logits)
         self._binding = session.io_binding()
-        if self.shared:
-            self._binding.bind_output("logits", "cpu")  # bound first: get_outputs()[0] stays the logits
+        if self.shared and self._step_value is not None:  # bound first: get_outputs()[0] stays the logits
+            self._binding.bind_ortvalue_output("logits", self._step_value)
+        elif self.shared:
+            self._binding.bind_output("logits", "cpu")
         self.reset()
 
     def _empty(self, item) -> object:
@@ -115,19 +118,15 @@ class OnnxDecoder:
                 self._binding.bind_cpu_input(name, value)
 
     def _forward_in_place(self, input_ids: np.ndarray) -> np.ndarray:
-        """forward for a SHARED_CACHE graph: only the tokens, the mask and the logits are bound a step."""
+        """forward for a SHARED_CACHE graph: only the tokens and the mask are bound a step; the logits of the last
+        position land in one (1, 1, vocab) buffer bound once."""
         total = self.length + input_ids.shape[1]
         if not self._cache or total > self._cache[0].shape[2]:
             self._grow(total)
         self._bind_positions(input_ids, total)
-        one_step = input_ids.shape[1] == 1 and self._step_logits is not None
-        if one_step:  # into the same (1, 1, vocab) buffer every step
-            self._binding.bind_ortvalue_output("logits", self._step_value)
-        else:
-            self._binding.bind_output("logits", "cpu")
         self.session.run_with_iobinding(self._binding)
         self.length = total
-        return self._step_logits.copy() if one_step else self._binding.get_outputs()[0].numpy()
+        return self._step_logits.copy() if self._step_logits is not None else self._binding.get_outputs()[0].numpy()
 
     def _grow(self, positions: int) -> None:
         """Fixed cache buffers for at least `positions` positions, the cached ones copied over, bound as both

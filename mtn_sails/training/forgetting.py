@@ -11,9 +11,6 @@ from pathlib import Path
 
 from ..model_dir import store
 from ..config import KEEP_THRESHOLD
-
-NULL_SPACE_FIRST = 0.95  # --null-space advised for a first session that cost the base (BENCHMARKS.md)
-NULL_SPACE_LATER = 0.6  # and for a continuing one: more leaves a session at 1e-5 short of its own facts
 from ..data.files import Record
 from .base_answers import BASE_SESSION, BaseAnswers
 from .probe import ProbeScore, score_probe
@@ -21,6 +18,8 @@ from .scoring import head_on_positions, label_positions, length_sorted_batches, 
 from ..model_dir.session_record import ForgettingRow, SessionRecord
 from ..data.template import PromptTemplate
 
+NULL_SPACE_FIRST = 0.95  # --null-space advised for a first session that cost the base (BENCHMARKS.md)
+NULL_SPACE_LATER = 0.6  # and for a continuing one: more leaves a session at 1e-5 short of its own facts
 
 
 @dataclass
